@@ -1,0 +1,1 @@
+"""defc's compiler: load → check → evaluate → render → write (one module per stage)."""

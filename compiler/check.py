@@ -1,0 +1,250 @@
+"""Stage 2, check: a loaded spec against the spec JSON Schema and the formula language.
+
+``check_spec`` returns a :class:`Spec` whose formulas are all parsed, or raises the first
+problem as a located one-line error.  ``spec_problems`` returns every problem (used by lint).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Dict, Iterator, List, Tuple
+
+from . import formula as F
+from .errors import DefcError, DefcErrors
+from .load import Located, load_yaml
+from .paths import SCHEMA_DIR
+
+PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1",
+          "int64", "int32", "int16", "int8", "bool")
+
+
+@lru_cache(maxsize=None)
+def schema(name: str) -> dict:
+    with open(os.path.join(SCHEMA_DIR, name), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+@lru_cache(maxsize=None)
+def _validator(name: str):
+    import jsonschema
+    s = schema(name)
+    cls = jsonschema.validators.validator_for(s)
+    return cls(s)
+
+
+@dataclass
+class Spec:
+    """A checked op-family spec."""
+
+    path: str
+    doc: Located
+    family: str
+    definitions: List[dict]
+    formulas: Dict[Tuple, F.Formula] = field(default_factory=dict)
+
+    @property
+    def data(self) -> dict:
+        return self.doc.data
+
+    def where(self, path):
+        return self.doc.where(path)
+
+
+def _schema_message(err) -> str:
+    """A short message for a jsonschema error."""
+    v = err.validator
+    path = list(err.absolute_path)
+    if v == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        if extra:
+            return f"unknown field '{extra[0]}'"
+    if v == "required":
+        m = re.search(r"'([^']+)' is a required property", err.message)
+        return f"missing required field '{m.group(1) if m else err.message}'"
+    if v == "type":
+        want = err.validator_value
+        want = " or ".join(want) if isinstance(want, list) else want
+        return f"expected {want}, got {_jtype(err.instance)}"
+    if v == "enum":
+        return f"{err.instance!r} is not one of {', '.join(map(repr, err.validator_value))}"
+    if v == "pattern":
+        return f"{err.instance!r} does not match {err.validator_value}"
+    if v == "oneOf":
+        return f"{_short(err.instance)} is not a valid {path[-2] if len(path) > 1 and isinstance(path[-1], int) else (path[-1] if path else 'value')}"
+    if v == "minItems":
+        return "must not be empty"
+    if v == "minProperties":
+        return "must not be empty"
+    if v == "propertyNames":
+        return f"{err.message}"
+    return err.message
+
+
+def _jtype(x) -> str:
+    if x is None:
+        return "null"
+    if isinstance(x, bool):
+        return "boolean"
+    if isinstance(x, int):
+        return "integer"
+    if isinstance(x, float):
+        return "number"
+    if isinstance(x, str):
+        return "string"
+    if isinstance(x, list):
+        return "array"
+    if isinstance(x, dict):
+        return "object"
+    return type(x).__name__
+
+
+def _short(x) -> str:
+    s = json.dumps(x, default=str)
+    return s if len(s) < 60 else s[:57] + "..."
+
+
+def field_name(path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(document)"
+
+
+def schema_errors(doc: Located, schema_name: str) -> List[DefcError]:
+    errs = []
+    for err in sorted(_validator(schema_name).iter_errors(doc.data), key=lambda e: list(map(str, e.absolute_path))):
+        path = tuple(err.absolute_path)
+        if err.validator == "propertyNames":
+            # the offending key is the instance
+            bad = err.instance
+            errs.append(DefcError(f"'{bad}' is not a valid name", doc.where(path + (bad,)), field_name(path + (bad,))))
+            continue
+        if err.validator == "additionalProperties":
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            if extra:
+                path = path + (extra[0],)
+        errs.append(DefcError(_schema_message(err), doc.where(path), field_name(path)))
+    return errs
+
+
+FORMULA_FIELDS = ("when", "requires", "value")
+
+
+def _formula_paths(data: dict) -> Iterator[Tuple[Tuple, Any]]:
+    """Every (path, formula text) in a spec document."""
+    if "requires" in data:
+        yield ("requires",), data["requires"]
+    for k, v in (data.get("let") or {}).items():
+        yield ("let", k), v
+    for i, d in enumerate(data.get("definitions") or []):
+        if not isinstance(d, dict):
+            continue
+        base = ("definitions", i)
+        if "when" in d:
+            yield base + ("when",), d["when"]
+        for k, v in (d.get("let") or {}).items():
+            yield base + ("let", k), v
+        for j, c in enumerate(d.get("cases") or []):
+            if isinstance(c, dict):
+                if "when" in c:
+                    yield base + ("cases", j, "when"), c["when"]
+                for k, v in (c.get("let") or {}).items():
+                    yield base + ("cases", j, "let", k), v
+        for k, a in (d.get("axes") or {}).items():
+            if isinstance(a, dict):
+                for f in ("value", "when"):
+                    if f in a:
+                        yield base + ("axes", k, f), a[f]
+        for sect in ("inputs", "outputs"):
+            for k, t in (d.get(sect) or {}).items():
+                if isinstance(t, dict) and "when" in t:
+                    yield base + (sect, k, "when"), t["when"]
+        for j, t in enumerate(d.get("tags") or []):
+            if isinstance(t, dict) and "when" in t:
+                yield base + ("tags", j, "when"), t["when"]
+        for j, t in enumerate(d.get("constraints") or []):
+            if isinstance(t, dict) and "when" in t:
+                yield base + ("constraints", j, "when"), t["when"]
+        ref = d.get("reference")
+        if isinstance(ref, dict):
+            for k, v in (ref.get("params") or {}).items():
+                yield base + ("reference", "params", k), v
+
+
+def spec_problems(doc: Located) -> Tuple[List[DefcError], Dict[Tuple, F.Formula]]:
+    """All schema and formula problems of a loaded spec, and the parsed formulas."""
+    errs = schema_errors(doc, "spec.schema.json")
+    formulas: Dict[Tuple, F.Formula] = {}
+    data = doc.data if isinstance(doc.data, dict) else {}
+    if not isinstance(doc.data, dict):
+        return errs or [DefcError("a spec must be a mapping", doc.where(()))], formulas
+    for path, text in _formula_paths(data):
+        if isinstance(text, (dict, list)) or text is None:
+            continue  # the schema already complained
+        try:
+            formulas[path] = F.parse(text)
+        except F.FormulaError as e:
+            errs.append(DefcError(f"bad formula {_short(text)}: {e}", doc.where(path), field_name(path)))
+    ids = {}
+    for i, d in enumerate(data.get("definitions") or []):
+        if isinstance(d, dict) and isinstance(d.get("id"), str):
+            if d["id"] in ids:
+                errs.append(DefcError(f"duplicate definition id '{d['id']}'", doc.where(("definitions", i, "id")),
+                                      field_name(("definitions", i, "id"))))
+            ids[d["id"]] = i
+        if isinstance(d, dict):
+            errs.extend(_shape_problems(doc, i, d))
+    errs.sort(key=lambda e: (e.location.line if e.location else 0, e.location.col if e.location else 0))
+    return errs, formulas
+
+
+def _shape_problems(doc: Located, i: int, d: dict) -> List[DefcError]:
+    """Tensor shapes must name declared axes; dtypes must be known or placeholders."""
+    errs = []
+    axes = d.get("axes") if isinstance(d.get("axes"), dict) else {}
+    for sect in ("inputs", "outputs"):
+        tensors = d.get(sect) if isinstance(d.get(sect), dict) else {}
+        for name, t in tensors.items():
+            if not isinstance(t, dict):
+                continue
+            for j, ax in enumerate(t.get("shape") or []):
+                if isinstance(ax, str) and ax not in axes:
+                    p = ("definitions", i, sect, name, "shape", j)
+                    errs.append(DefcError(f"shape names undefined axis '{ax}'", doc.where(p), field_name(p)))
+            dt = t.get("dtype")
+            if isinstance(dt, str) and dt not in DTYPES and not PLACEHOLDER.search(dt):
+                p = ("definitions", i, sect, name, "dtype")
+                errs.append(DefcError(f"unknown dtype '{dt}' (one of: {', '.join(DTYPES)})", doc.where(p), field_name(p)))
+    ins = set((d.get("inputs") or {}) if isinstance(d.get("inputs"), dict) else {})
+    outs = set((d.get("outputs") or {}) if isinstance(d.get("outputs"), dict) else {})
+    both = sorted(ins & outs)
+    if both:
+        p = ("definitions", i, "outputs", both[0])
+        errs.append(DefcError(f"'{both[0]}' is both an input and an output (flashinfer-bench rejects that)",
+                              doc.where(p), field_name(p)))
+    for k, a in axes.items():
+        if isinstance(a, dict):
+            t = a.get("type", "const" if "value" in a else "var")
+            p = ("definitions", i, "axes", k)
+            if t == "const" and "value" not in a:
+                errs.append(DefcError("a const axis needs a 'value' formula", doc.where(p), field_name(p)))
+            if t == "var" and "value" in a:
+                errs.append(DefcError("a var axis cannot have a 'value'", doc.where(p + ("value",)), field_name(p + ("value",))))
+    return errs
+
+
+def check_spec(doc: Located) -> Spec:
+    errs, formulas = spec_problems(doc)
+    if errs:
+        raise DefcErrors(errs)
+    data = doc.data
+    return Spec(path=doc.file, doc=doc, family=data["family"], definitions=data["definitions"], formulas=formulas)
+
+
+def load_spec(path: str) -> Spec:
+    return check_spec(load_yaml(path, "spec"))

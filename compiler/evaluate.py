@@ -1,0 +1,266 @@
+"""Stage 3, evaluate: specs × model × serving configs → concrete definition instances.
+
+For each definition of a spec, the cartesian product of its quantization variants, ``sweep``
+values and ``cases`` is evaluated against the model's symbol table.  Const axes must come out as
+positive integers; ``when`` conditions select cases, axes, tensors, tags and constraints;
+``{placeholders}`` in names, descriptions, tags and dtypes are filled in.  Nothing here knows
+about any particular op: that knowledge lives in the specs.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import sympy
+
+from . import formula as F
+from .check import DTYPES, PLACEHOLDER, Spec, field_name
+from .errors import DefcError
+from .serving import Serving
+
+
+@dataclass
+class Instance:
+    """One definition, fully evaluated, not yet rendered."""
+
+    name: str
+    op_type: str
+    description: str
+    tags: List[str]
+    axes: Dict[str, dict]
+    constraints: List[str]
+    inputs: Dict[str, dict]
+    outputs: Dict[str, dict]
+    reference_template: str
+    params: Dict[str, Any]
+    template: str
+    spec: Spec
+    def_index: int
+    def_id: str
+    fi_api: Optional[str]
+    status: str
+    serving: Serving
+    quantization: str
+    aliases: List[dict] = field(default_factory=list)
+    trace: Dict[str, Any] = field(default_factory=dict)
+    verify: Dict[str, Any] = field(default_factory=dict)
+    env: Dict[str, Any] = field(default_factory=dict, repr=False)
+    origins: List[str] = field(default_factory=list)
+
+    @property
+    def const_axes(self) -> Dict[str, int]:
+        return {k: v["value"] for k, v in self.axes.items() if v.get("type") == "const"}
+
+
+def fmt_value(v: Any) -> str:
+    if isinstance(v, sympy.Basic):
+        v = F.to_python(v)
+    if isinstance(v, float):
+        return repr(v) if v != int(v) else str(int(v))
+    return str(v)
+
+
+def substitute(text: str, env: Dict[str, Any], where) -> str:
+    """Fill ``{name}`` placeholders from env; an unknown or undefined name is a located error."""
+    def rep(m):
+        key = m.group(1).strip()
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            raise DefcError(f"bad placeholder '{{{m.group(1)}}}' in {text!r}", *where)
+        v = env.get(key)
+        if v is None:
+            raise DefcError(f"placeholder '{{{key}}}' in {text!r} is not defined here", *where)
+        return fmt_value(v)
+    return PLACEHOLDER.sub(rep, text)
+
+
+class Evaluator:
+    """Evaluates specs for one model."""
+
+    def __init__(self, model_slug: str, quant_selection: Optional[Sequence[str]] = None):
+        self.model = model_slug
+        # None: the serving config's own quantization; a list: exactly these; ["all"]: every variant
+        self.quant_selection = quant_selection
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _where(self, spec: Spec, path: Tuple):
+        return spec.where(path), field_name(path)
+
+    def _ctx(self, serving: Serving, quant: str) -> str:
+        q = f", quantization {quant}" if quant else ""
+        return f"model {self.model} at {serving.label()}{q}"
+
+    def _formula(self, spec: Spec, path: Tuple, text) -> F.Formula:
+        f = spec.formulas.get(path)
+        if f is None:
+            try:
+                f = F.parse(text)
+            except F.FormulaError as e:
+                raise DefcError(f"bad formula: {e}", *self._where(spec, path)) from None
+        return f
+
+    def _truth(self, spec, path, text, env, ctx) -> bool:
+        f = self._formula(spec, path, text)
+        try:
+            return F.truth(f, env)
+        except F.UndefinedSymbol as e:
+            raise DefcError(f"'{f.source}' reads '{e.name}', which {ctx} does not define "
+                            f"(guard it with defined({e.name}))", *self._where(spec, path)) from None
+        except F.FormulaError as e:
+            raise DefcError(f"'{f.source}': {e} ({ctx})", *self._where(spec, path)) from None
+
+    def _value(self, spec, path, text, env, ctx, lenient=False):
+        f = self._formula(spec, path, text)
+        try:
+            return f.evaluate(env)
+        except F.UndefinedSymbol as e:
+            if lenient:
+                return None
+            raise DefcError(f"'{f.source}' needs '{e.name}', which {ctx} does not define",
+                            *self._where(spec, path)) from None
+        except F.FormulaError as e:
+            raise DefcError(f"'{f.source}': {e} ({ctx})", *self._where(spec, path)) from None
+
+    def _axis(self, spec, path, text, env, ctx, axis) -> int:
+        f = self._formula(spec, path, text)
+        try:
+            return F.positive_int(f, env)
+        except F.UndefinedSymbol as e:
+            raise DefcError(f"axis '{axis}': '{f.source}' needs config field '{e.name}', which {ctx} does not have",
+                            *self._where(spec, path)) from None
+        except F.FormulaError as e:
+            raise DefcError(f"axis '{axis}': {e} for {ctx}", *self._where(spec, path)) from None
+
+    # -- the work -------------------------------------------------------------------------------
+    def quant_variants(self, d: dict, serving: Serving, default_quant: str) -> List[Optional[str]]:
+        declared = d.get("quantization")
+        if not declared:
+            return [None]
+        sel = self.quant_selection
+        if sel is None:
+            want = {serving.quantization or default_quant}
+        elif "all" in sel:
+            return list(declared)
+        else:
+            want = set(sel)
+        return [q for q in declared if q in want]
+
+    def run(self, spec: Spec, base_env: Dict[str, Any], serving: Serving, default_quant: str) -> List[Instance]:
+        data = spec.data
+        out: List[Instance] = []
+        own_q = serving.quantization or default_quant
+        env0 = dict(base_env)
+        env0["quantization"] = own_q
+        ctx0 = self._ctx(serving, "")
+        if "requires" in data and not self._truth(spec, ("requires",), data["requires"], env0, ctx0):
+            return out
+        for k, v in (data.get("let") or {}).items():
+            env0[k] = self._value(spec, ("let", k), v, env0, ctx0, lenient=True)
+        for i, d in enumerate(spec.definitions):
+            base = ("definitions", i)
+            for q in self.quant_variants(d, serving, default_quant):
+                env1 = dict(env0)
+                if q is not None:
+                    env1["quantization"] = q
+                ctx = self._ctx(serving, q or "")
+                sweep = d.get("sweep") or {}
+                names = list(sweep)
+                cases = d.get("cases") or [{}]
+                for combo in itertools.product(*[sweep[n] for n in names]):
+                    for ci, case in enumerate(cases):
+                        env = dict(env1)
+                        env.update(zip(names, combo))
+                        cpath = base + ("cases", ci)
+                        for k, v in (case.get("let") or {}).items():
+                            env[k] = self._value(spec, cpath + ("let", k), v, env, ctx, lenient=True)
+                        if "label" in case:
+                            env["label"] = case["label"]
+                        if "when" in case and not self._truth(spec, cpath + ("when",), case["when"], env, ctx):
+                            continue
+                        for k, v in (d.get("let") or {}).items():
+                            env[k] = self._value(spec, base + ("let", k), v, env, ctx, lenient=True)
+                        if "when" in d and not self._truth(spec, base + ("when",), d["when"], env, ctx):
+                            continue
+                        out.append(self._instance(spec, i, d, env, serving, q or own_q, ctx))
+        return out
+
+    def _instance(self, spec: Spec, i: int, d: dict, env: Dict[str, Any], serving: Serving, quant: str,
+                  ctx: str) -> Instance:
+        base = ("definitions", i)
+        axes: Dict[str, dict] = {}
+        for name, a in d["axes"].items():
+            p = base + ("axes", name)
+            if "when" in a and not self._truth(spec, p + ("when",), a["when"], env, ctx):
+                continue
+            kind = a.get("type") or ("const" if "value" in a else "var")
+            entry: Dict[str, Any] = {"type": kind}
+            if kind == "const":
+                entry["value"] = self._axis(spec, p + ("value",), a["value"], env, ctx, name)
+                env[name] = entry["value"]
+            if a.get("description"):
+                entry["description"] = substitute(a["description"], env, self._where(spec, p + ("description",)))
+            axes[name] = entry
+        tensors = {}
+        for sect in ("inputs", "outputs"):
+            tensors[sect] = {}
+            for name, t in (d.get(sect) or {}).items():
+                p = base + (sect, name)
+                if "when" in t and not self._truth(spec, p + ("when",), t["when"], env, ctx):
+                    continue
+                shape = t.get("shape")
+                if shape is not None:
+                    for j, ax in enumerate(shape):
+                        if ax not in axes:
+                            raise DefcError(f"{sect[:-1]} '{name}' uses axis '{ax}', which is not present for {ctx}",
+                                            *self._where(spec, p + ("shape", j)))
+                dtype = substitute(t["dtype"], env, self._where(spec, p + ("dtype",)))
+                if dtype not in DTYPES:
+                    raise DefcError(f"dtype '{dtype}' of {sect[:-1]} '{name}' is not one of {', '.join(DTYPES)}",
+                                    *self._where(spec, p + ("dtype",)))
+                entry = {"shape": list(shape) if shape is not None else None, "dtype": dtype}
+                if t.get("optional"):
+                    entry["optional"] = True
+                if t.get("description"):
+                    entry["description"] = substitute(t["description"], env, self._where(spec, p + ("description",)))
+                tensors[sect][name] = entry
+        constraints = []
+        for j, c in enumerate(d.get("constraints") or []):
+            p = base + ("constraints", j)
+            if isinstance(c, dict):
+                if "when" in c and not self._truth(spec, p + ("when",), c["when"], env, ctx):
+                    continue
+                c = c["expr"]
+            constraints.append(substitute(c, env, self._where(spec, p)))
+        tags = []
+        for j, t in enumerate(d.get("tags") or []):
+            p = base + ("tags", j)
+            if isinstance(t, dict):
+                if "when" in t and not self._truth(spec, p + ("when",), t["when"], env, ctx):
+                    continue
+                t = t["tag"]
+            tag = substitute(t, env, self._where(spec, p))
+            if tag not in tags:
+                tags.append(tag)
+        params = {}
+        ref = d["reference"]
+        for k, v in (ref.get("params") or {}).items():
+            val = self._value(spec, base + ("reference", "params", k), v, env, ctx)
+            params[k] = F.to_python(val) if isinstance(val, sympy.Basic) else val
+        name = substitute(d["name"], env, self._where(spec, base + ("name",)))
+        op_type = d.get("op_type") or spec.data.get("op_type") or spec.family
+        desc = substitute(d.get("description", ""), env, self._where(spec, base + ("description",)))
+        aliases = []
+        for j, al in enumerate(d.get("aliases") or []):
+            p = base + ("aliases", j)
+            aliases.append({"name": substitute(al["name"], env, self._where(spec, p + ("name",))),
+                            "op_type": al.get("op_type", op_type), "why": al.get("why", "")})
+        inst = Instance(name=name, op_type=op_type, description=desc, tags=tags, axes=axes,
+                        constraints=constraints, inputs=tensors["inputs"], outputs=tensors["outputs"],
+                        reference_template=ref["template"], params=params,
+                        template=d.get("template", "definition.json.j2"), spec=spec, def_index=i,
+                        def_id=d["id"], fi_api=d.get("fi_api"), status=d.get("status", "verified"),
+                        serving=serving, quantization=quant, aliases=aliases,
+                        trace=d.get("trace") or {}, verify=d.get("verify") or {}, env=env,
+                        origins=[f"{self.model} {serving.label()}"])
+        return inst

@@ -1,0 +1,172 @@
+"""Stage 1, load: read YAML/JSON files into plain data plus a map of where each value sits.
+
+ruamel.yaml's round-trip loader keeps line/column information and rejects duplicate keys;
+here that becomes a :class:`Located` document whose ``where(path)`` answers a
+:class:`~compiler.errors.Location` for any key path, so later stages can report
+``specs/moe.yaml:41:7: error: ...`` without carrying ruamel objects around.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Tuple
+
+from .errors import DefcError, Location
+
+Path = Tuple[Any, ...]
+
+
+@dataclass
+class Located:
+    """Plain data read from ``file`` and the 1-based (line, col) of every key path in it."""
+
+    file: str
+    data: Any
+    positions: Dict[Path, Tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, path: Path = ()) -> Location:
+        path = tuple(path)
+        while path:
+            if path in self.positions:
+                line, col = self.positions[path]
+                return Location(self.file, line, col)
+            path = path[:-1]
+        return Location(self.file, 1, 1)
+
+
+def display_path(path: str) -> str:
+    """A path as shown in messages: relative to the working directory when that is shorter."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("../../") and len(rel) < len(path) else path
+
+
+def _yaml():
+    from ruamel.yaml import YAML
+    y = YAML(typ="rt")
+    y.allow_duplicate_keys = False
+    return y
+
+
+def _plain(node, path: Path, positions: Dict[Path, Tuple[int, int]]):
+    """Convert ruamel's commented containers into dict/list, recording positions."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    if isinstance(node, CommentedMap):
+        out = {}
+        for k in node:
+            try:
+                line, col = node.lc.key(k)
+                positions[path + (k,)] = (line + 1, col + 1)
+            except (KeyError, TypeError, AttributeError):
+                pass
+            if not isinstance(k, (str, int, float, bool)) or k is None:
+                raise DefcError(f"mapping key {k!r} must be a string", None)
+            out[k] = _plain(node[k], path + (k,), positions)
+        return out
+    if isinstance(node, CommentedSeq):
+        out = []
+        for i, v in enumerate(node):
+            try:
+                line, col = node.lc.item(i)
+                positions[path + (i,)] = (line + 1, col + 1)
+            except (KeyError, TypeError, AttributeError):
+                pass
+            out.append(_plain(v, path + (i,), positions))
+        return out
+    # scalars: ruamel returns str subclasses, ScalarFloat, ScalarBoolean, ints...
+    from ruamel.yaml.scalarstring import ScalarString
+    if isinstance(node, ScalarString):
+        return str(node)
+    if isinstance(node, bool):
+        return bool(node)
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if node is None or isinstance(node, str):
+        return node
+    # timestamps, binary, anchors of other types: keep as text so the schema can reject them
+    return str(node)
+
+
+def read_text(path: str, what: str = "file") -> str:
+    shown = display_path(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise DefcError(f"{what} not found", Location(shown)) from None
+    except IsADirectoryError:
+        raise DefcError(f"{what} is a directory, expected a file", Location(shown)) from None
+    except OSError as e:
+        raise DefcError(f"cannot read {what}: {e.strerror}", Location(shown)) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DefcError(f"not valid UTF-8 (byte {e.start})", Location(shown, line, 1)) from None
+
+
+def load_yaml(path: str, what: str = "YAML file") -> Located:
+    """Load one YAML document with positions; any problem becomes a one-line DefcError."""
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    from ruamel.yaml.constructor import DuplicateKeyError
+    shown = display_path(path)
+    text = read_text(path, what)
+    if "\x00" in text:
+        raise DefcError("file contains a NUL character", Location(shown, text[: text.index("\x00")].count("\n") + 1, 1))
+    try:
+        node = _yaml().load(text)
+    except DuplicateKeyError as e:
+        mark = e.problem_mark
+        key = str(e.problem).split('"')[1] if '"' in str(e.problem) else ""
+        msg = f"duplicate key '{key}'" if key else "duplicate key"
+        raise DefcError(msg, Location(shown, mark.line + 1 if mark else 0, mark.column + 1 if mark else 0)) from None
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        problem = (e.problem or e.context or "invalid YAML").strip()
+        raise DefcError(f"invalid YAML: {problem}",
+                        Location(shown, mark.line + 1 if mark else 0, mark.column + 1 if mark else 0)) from None
+    except YAMLError as e:
+        raise DefcError(f"invalid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}", Location(shown)) from None
+    except RecursionError:
+        raise DefcError("invalid YAML: nested too deeply", Location(shown)) from None
+    positions: Dict[Path, Tuple[int, int]] = {}
+    try:
+        data = _plain(node, (), positions)
+    except DefcError as e:
+        raise DefcError(e.message, Location(shown)) from None
+    return Located(shown, data, positions)
+
+
+def load_json(path: str, what: str = "JSON file") -> Any:
+    shown = display_path(path)
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DefcError(f"invalid JSON: {e.msg}", Location(shown, e.lineno, e.colno)) from None
+    except RecursionError:
+        raise DefcError("invalid JSON: nested too deeply", Location(shown)) from None
+
+
+def load_safe_yaml(path: str, what: str = "YAML file") -> Any:
+    """Fast load without positions (catalogue and cookbook data)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    shown = display_path(path)
+    text = read_text(path, what)
+    y = YAML(typ="safe", pure=False)
+    y.allow_duplicate_keys = False
+    try:
+        return y.load(text)
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        problem = (e.problem or e.context or "invalid YAML").strip()
+        raise DefcError(f"invalid YAML: {problem}",
+                        Location(shown, mark.line + 1 if mark else 0, mark.column + 1 if mark else 0)) from None
+    except YAMLError as e:
+        raise DefcError(f"invalid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}", Location(shown)) from None

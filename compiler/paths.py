@@ -1,0 +1,13 @@
+"""Where the project's own data lives (specs, templates, catalogue, schemas)."""
+from __future__ import annotations
+
+import os
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPECS_DIR = os.environ.get("DEFC_SPECS_DIR") or os.path.join(PROJECT_ROOT, "specs")
+TEMPLATES_DIR = os.environ.get("DEFC_TEMPLATES_DIR") or os.path.join(PROJECT_ROOT, "templates")
+CATALOGUE_DIR = os.path.join(PROJECT_ROOT, "catalogue")
+SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas")
+MODEL_FACTS = "_model_facts.yaml"
+DEFAULT_OUT = os.path.join("tmp", "flashinfer-trace")
+DEFAULT_COOKBOOK = os.path.join("tmp", "sgl-cookbook")

@@ -1,0 +1,85 @@
+"""``defc compile``: specs × model × serving configs → Definition JSONs."""
+from __future__ import annotations
+
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compile", help="compile Definition JSONs for a model",
+                       description="Evaluate op-family specs against a model's config.json and its serving "
+                                   "configs (sgl-cookbook) and write OUT/definitions/{op_type}/{name}.json.")
+    p.add_argument("specs", nargs="*", metavar="SPEC", help="spec files or family names (default: every spec)")
+    p.add_argument("--model", help="catalogue slug (see `defc models`), a local config.json or model folder, "
+                                   "or a Hugging Face repo id")
+    p.add_argument("--config", metavar="PATH", help="a local config.json (the model keeps --model as its slug)")
+    p.add_argument("--hf-repo-id", metavar="ORG/NAME", help="fetch config.json from the Hugging Face Hub")
+    p.add_argument("--tp", help="tensor-parallel sizes, comma list (default: the cookbook's, else 1)")
+    p.add_argument("--ep", help="expert-parallel sizes, comma list (default: the cookbook's, else 1)")
+    p.add_argument("--dp", help="DP-attention sizes, comma list (default: the cookbook's, else 1)")
+    p.add_argument("--quantization", help="quantization keys (bf16, fp8, mxfp4, nvfp4, …) or 'all' "
+                                          "(default: the model's own / each cookbook config's)")
+    p.add_argument("--op-types", help="only these op_types, comma list")
+    p.add_argument("--out", default=None, help="dataset folder (default: tmp/flashinfer-trace)")
+    p.add_argument("--cookbook", metavar="DIR", help="sgl-cookbook clone or its generated YAMLs "
+                                                     "(default: tmp/sgl-cookbook if present, else the bundled snapshot)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be written; write nothing")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    p.add_argument("--skip-existing", dest="skip_existing", action="store_true", default=True,
+                   help="leave present definitions alone, merging model tags (default)")
+    p.add_argument("--no-skip-existing", dest="skip_existing", action="store_false",
+                   help="report every present definition that would change as a collision")
+    p.add_argument("--force", action="store_true", help="replace colliding files (the old file is kept as .bak)")
+    p.add_argument("--templates", action="append", default=[], metavar="DIR",
+                   help="extra template folder searched before templates/")
+    p.add_argument("--specs-dir", default=None, help="folder of specs (default: the project's specs/)")
+    p.set_defaults(func=run)
+
+
+def options_from(args):
+    from compiler.paths import DEFAULT_OUT, SPECS_DIR
+    from compiler.pipeline import CompileOptions
+    from compiler.serving import parse_int_list
+    from defc.output import comma_list
+    return CompileOptions(
+        model=args.model, specs=args.specs, config=args.config, hf_repo_id=args.hf_repo_id,
+        tp=parse_int_list(args.tp, "--tp"), ep=parse_int_list(args.ep, "--ep"), dp=parse_int_list(args.dp, "--dp"),
+        quantization=comma_list(args.quantization), op_types=comma_list(args.op_types),
+        out=args.out or DEFAULT_OUT, cookbook=args.cookbook, force=args.force, skip_existing=args.skip_existing,
+        specs_dir=args.specs_dir or SPECS_DIR, template_dirs=args.templates)
+
+
+def run(args) -> int:
+    from compiler.pipeline import compile_model, write_planned
+    from defc.output import emit_json, table
+    opts = options_from(args)
+    result = compile_model(opts)
+    if not args.dry_run:
+        write_planned(result)
+    rows = [{"status": p.status, "op_type": p.doc.get("op_type"), "name": p.doc.get("name"),
+             "configs": p.sources, "path": p.path, "detail": p.detail} for p in result.planned]
+    if args.format == "json":
+        emit_json({"model": result.model.slug, "dry_run": args.dry_run, "out": opts.out,
+                   "servings": [{"tp": s.tp, "ep": s.ep, "dp": s.dp, "dp_attention": s.dp_attention,
+                                 "quantization": s.quantization, "from": list(s.origin)} for s in result.servings],
+                   "notes": result.notes, "definitions": rows})
+    else:
+        verb = "would write" if args.dry_run else "compiled"
+        print(f"{result.model.slug}: {len(result.servings)} serving config(s): "
+              + ", ".join(s.label() + (f" {s.quantization}" if s.quantization else "") for s in result.servings))
+        for n in result.notes:
+            print(f"  note: {n}")
+        if args.dry_run:
+            table(["status", "op_type", "name", "configs"],
+                  [[r["status"], r["op_type"], r["name"], ", ".join(r["configs"])] for r in rows])
+        else:
+            for r in rows:
+                if r["status"] in ("collision", "replaced", "merged"):
+                    print(f"  {r['status']}: {r['path']}: {r['detail']}")
+        counts = {s: result.count(s) for s in ("new", "merged", "unchanged", "replaced", "collision")}
+        print(f"{verb} {len(rows)} definitions into {opts.out}: "
+              + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k == "new"))
+    if result.count("collision"):
+        print(f"defc: {result.count('collision')} collision(s): existing files differ and were left as they are "
+              f"(use --force to replace, keeping .bak)", file=sys.stderr)
+        return 1
+    return 0

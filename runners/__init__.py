@@ -1,0 +1,1 @@
+"""defc's runners: trace passes, staging, normalisation and reconciliation of dumps."""
