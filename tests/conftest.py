@@ -1,0 +1,51 @@
+"""Shared fixtures: compile through the Python API into a temporary dataset."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def compile_defs(tmp_path, model, specs=(), tp=None, ep=None, dp=None, quantization=None, op_types=None):
+    """Compile and write; return {name: definition dict} of what is on disk."""
+    from compiler.pipeline import CompileOptions, compile_model, write_planned
+    out = os.path.join(str(tmp_path), "ds")
+    opts = CompileOptions(model=model, specs=list(specs), tp=tp, ep=ep, dp=dp,
+                          quantization=quantization, op_types=op_types, out=out)
+    result = compile_model(opts)
+    write_planned(result)
+    docs = {}
+    for p in glob.glob(os.path.join(out, "definitions", "*", "*.json")):
+        with open(p) as fh:
+            d = json.load(fh)
+        docs[d["name"]] = d
+    return docs
+
+
+@pytest.fixture
+def compile_into(tmp_path):
+    def _c(model, **kw):
+        return compile_defs(tmp_path, model, **kw)
+    return _c
+
+
+def load_reference(defn):
+    """Exec a definition's reference source and return its run()."""
+    ns = {}
+    exec(compile(defn["reference"], f"<{defn['name']}>", "exec"), ns)  # the project's own generated code
+    return ns["run"]
+
+
+def shared_path(*parts):
+    p = os.path.join(SHARED, *parts)
+    if not os.path.exists(p):
+        pytest.fail(f"../shared is missing {os.path.join(*parts)}")
+    return p

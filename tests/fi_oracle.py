@@ -1,0 +1,60 @@
+"""FlashInfer as an oracle: call a decorated API's .fi_trace() on meta tensors and compare.
+
+Tests import this module (it imports flashinfer, ~5 s, once per test session).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Dict, Optional
+
+os.environ.pop("FLASHINFER_TRACE_DUMP_DIR", None)   # .fi_trace() writes there whenever it is set
+
+
+@functools.lru_cache(maxsize=1)
+def flashinfer():
+    import flashinfer  # noqa: F401
+    import importlib
+    for mod in ("flashinfer.gdn_decode", "flashinfer.gdn_prefill"):
+        try:
+            importlib.import_module(mod)
+        except Exception:
+            pass
+    return flashinfer
+
+
+def meta(shape, dtype):
+    import torch
+    return torch.empty(tuple(shape), dtype=getattr(torch, dtype), device="meta")
+
+
+def resolve(api_path: str):
+    """'flashinfer.norm.rmsnorm' or 'flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper.run'."""
+    import importlib
+    flashinfer()
+    parts = api_path.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for p in parts[i:]:
+            obj = getattr(obj, p)
+        return obj
+    raise ImportError(api_path)
+
+
+def fi_trace(api_path: str, **kwargs) -> Dict[str, Any]:
+    return resolve(api_path).fi_trace(**kwargs)
+
+
+def const_axes(defn) -> Dict[str, int]:
+    return {k: v.get("value") for k, v in defn["axes"].items() if v.get("type") == "const"}
+
+
+def concrete_shape(defn, tensor: Dict[str, Any], var_values: Optional[Dict[str, int]] = None):
+    vals = dict(const_axes(defn))
+    vals.update(var_values or {})
+    if tensor.get("shape") is None:
+        return None
+    return tuple(vals.get(a, a) for a in tensor["shape"])
