@@ -178,6 +178,8 @@ def _formula_paths(data: dict) -> Iterator[Tuple[Tuple, Any]]:
 
 def spec_problems(doc: Located) -> Tuple[List[DefcError], Dict[Tuple, F.Formula]]:
     """All schema and formula problems of a loaded spec, and the parsed formulas."""
+    if doc.data is None:
+        return [DefcError("the spec is empty", doc.where(()))], {}
     errs = schema_errors(doc, "spec.schema.json")
     formulas: Dict[Tuple, F.Formula] = {}
     data = doc.data if isinstance(doc.data, dict) else {}
@@ -213,7 +215,7 @@ def _shape_problems(doc: Located, i: int, d: dict) -> List[DefcError]:
             if not isinstance(t, dict):
                 continue
             for j, ax in enumerate(t.get("shape") or []):
-                if isinstance(ax, str) and ax not in axes:
+                if isinstance(ax, str) and ax not in axes and not PLACEHOLDER.fullmatch(ax):
                     p = ("definitions", i, sect, name, "shape", j)
                     errs.append(DefcError(f"shape names undefined axis '{ax}'", doc.where(p), field_name(p)))
             dt = t.get("dtype")

@@ -130,7 +130,8 @@ class Evaluator:
             raise DefcError(f"axis '{axis}': '{f.source}' needs config field '{e.name}', which {ctx} does not have",
                             *self._where(spec, path)) from None
         except F.FormulaError as e:
-            raise DefcError(f"axis '{axis}': {e} for {ctx}", *self._where(spec, path)) from None
+            msg = str(e) if f.source in str(e) else f"'{f.source}': {e}"
+            raise DefcError(f"axis '{axis}': {msg} for {ctx}", *self._where(spec, path)) from None
 
     # -- the work -------------------------------------------------------------------------------
     def quant_variants(self, d: dict, serving: Serving, default_quant: str) -> List[Optional[str]]:
@@ -210,6 +211,9 @@ class Evaluator:
                     continue
                 shape = t.get("shape")
                 if shape is not None:
+                    # an entry may be a {placeholder} that names an axis (e.g. one chosen by a let)
+                    shape = [substitute(ax, env, self._where(spec, p + ("shape", j))) if PLACEHOLDER.search(ax) else ax
+                             for j, ax in enumerate(shape)]
                     for j, ax in enumerate(shape):
                         if ax not in axes:
                             raise DefcError(f"{sect[:-1]} '{name}' uses axis '{ax}', which is not present for {ctx}",

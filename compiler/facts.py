@@ -8,8 +8,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import formula as F
 from .check import field_name, schema_errors
-from .errors import DefcError, DefcErrors
-from .load import Located, load_yaml
+from .errors import DefcError, DefcErrors, Location
+from .load import Located, display_path, load_yaml
 from .paths import MODEL_FACTS, SPECS_DIR
 
 
@@ -28,6 +28,8 @@ def load_facts(specs_dir: str = SPECS_DIR) -> FactsSpec:
 
 @lru_cache(maxsize=8)
 def _load_facts(specs_dir: str) -> FactsSpec:
+    if not os.path.isdir(specs_dir):
+        raise DefcError("specs folder not found", Location(display_path(specs_dir)))
     path = os.path.join(specs_dir, MODEL_FACTS)
     doc = load_yaml(path, "model facts")
     errs = schema_errors(doc, "model_facts.schema.json")
@@ -98,9 +100,11 @@ def model_env(config: Dict[str, Any], serving: Dict[str, Any], facts: FactsSpec,
     for name, alts in facts.facts:
         value = None
         for path, kind, payload, when in alts:
+            current = when
             try:
                 if when is not None and not F.truth(when, env):
                     continue
+                current = payload if kind == "formula" else None
                 if kind == "path":
                     value = _path_value(config, flat, payload)
                 else:
@@ -108,7 +112,8 @@ def model_env(config: Dict[str, Any], serving: Dict[str, Any], facts: FactsSpec,
             except F.UndefinedSymbol:
                 value = None
             except F.FormulaError as e:
-                raise DefcError(f"fact '{name}' for model {slug} ({origin}): {e}", facts.doc.where(path),
+                src = f"'{current.source}': " if current is not None and current.source not in str(e) else ""
+                raise DefcError(f"fact '{name}' for model {slug} ({origin}): {src}{e}", facts.doc.where(path),
                                 field_name(path)) from None
             if value is not None:
                 break

@@ -54,6 +54,8 @@ def _num(v: Any):
     if isinstance(v, int):
         return Integer(v)
     if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            raise FormulaError(f"{v!r} is not a finite number")
         return sympy.Float(v)
     if isinstance(v, sympy.Basic) and v.is_number:
         return v
@@ -126,6 +128,14 @@ def _lookup(env: Mapping[str, Any], name: str):
     if v is None:
         raise UndefinedSymbol(name)
     return v
+
+
+def _arith(fn, *args):
+    """Apply a sympy operation; sympy raises ZeroDivisionError for Mod(x, 0)."""
+    try:
+        return fn(*args)
+    except ZeroDivisionError:
+        raise FormulaError("division by zero") from None
 
 
 def _check_finite(v):
@@ -205,7 +215,7 @@ class _Compiler:
                 except (ZeroDivisionError, TypeError) as e:
                     self.fail(node, f"cannot compute: {e}")
             lf, rf = self.as_fn(lk, lv), self.as_fn(rk, rv)
-            return "fn", (lambda env: _check_finite(fn(_num(lf(env)), _num(rf(env)))))
+            return "fn", (lambda env: _check_finite(_arith(fn, _num(lf(env)), _num(rf(env)))))
         if isinstance(node, ast.BoolOp):
             parts = [self.as_fn(*self.compile(v, d)) for v in node.values]
             if isinstance(node.op, ast.And):
@@ -298,7 +308,7 @@ class _Compiler:
             if all(k == "sym" for k, _ in args):
                 return "sym", fn(*[v for _, v in args])
             fs = [self.as_fn(k, v) for k, v in args]
-            return "fn", (lambda env: _check_finite(fn(*[_num(f(env)) for f in fs])))
+            return "fn", (lambda env: _check_finite(_arith(fn, *[_num(f(env)) for f in fs])))
         what = _NODE_WORDS.get(type(node), f"{type(node).__name__} expressions")
         self.fail(node, f"{what} {'are' if what.endswith(('ns', 'ls', 'ts', 'gs')) else 'is'} not allowed")
 
@@ -346,9 +356,12 @@ def _sym_evaluator(expr) -> Callable:
                 nums.append(_num(v))
             except FormulaError:
                 raise FormulaError(f"'{n}' is {v!r}, not a number") from None
-        out = expr.xreplace(dict(zip(syms, nums)))
-        if not out.is_number:  # e.g. Max with unevaluated parts
-            out = out.doit()
+        try:
+            out = expr.xreplace(dict(zip(syms, nums)))
+            if not out.is_number:  # e.g. Max with unevaluated parts
+                out = out.doit()
+        except ZeroDivisionError:  # Mod(x, 0)
+            raise FormulaError("division by zero") from None
         _check_finite(out)
         if len(cache) < 4096:
             cache[vals] = out
@@ -414,15 +427,19 @@ def describe_values(f: Formula, env: Mapping[str, Any]) -> str:
 def positive_int(f: Formula, env: Mapping[str, Any]) -> int:
     """Evaluate and require a positive integer; FormulaError names the values involved."""
     v = f.evaluate(env)
-    if isinstance(v, (int,)) and not isinstance(v, bool):
-        v = Integer(v)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = _num(v)
     if not (isinstance(v, sympy.Basic) and v.is_number):
         raise FormulaError(f"'{f.source}' is {v!r}, not a number")
     if not v.is_Integer:
-        shown = f"{v}" if v.is_Rational else f"{float(v):g}"
-        raise FormulaError(f"'{f.source}' = {shown} is not an integer ({describe_values(f, env)})")
+        if v.is_Rational:
+            raise FormulaError(f"'{f.source}' = {v} is not an integer ({describe_values(f, env)})")
+        raise FormulaError(f"'{f.source}' = {float(v)!r} is a float, not an integer (floats come from float "
+                           f"literals or config values; use exact arithmetic such as x / 2) ({describe_values(f, env)})")
     if v <= 0:
         raise FormulaError(f"'{f.source}' = {v} is not positive ({describe_values(f, env)})")
+    if v > MAX_INT:
+        raise FormulaError(f"'{f.source}' = {v} is larger than 2^63 ({describe_values(f, env)})")
     return int(v)
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from .errors import DefcError, Location
 
@@ -51,9 +52,46 @@ def _yaml():
     return y
 
 
+MAX_NODES = 1_000_000      # values a document may expand to through aliases (billion laughs)
+_CORE_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "seq", "map")}
+
+
+def _tag_problem(node) -> Optional[str]:
+    """An explicit non-core tag (``!!python/object/apply:...``, ``!foo``) is refused, not interpreted."""
+    tag = getattr(node, "tag", None)
+    value = getattr(tag, "value", tag) if tag is not None else None
+    if isinstance(value, str) and value and value not in _CORE_TAGS:
+        shown = "!!" + value[len("tag:yaml.org,2002:"):] if value.startswith("tag:yaml.org,2002:") else value
+        return f"YAML tag '{shown}' is not allowed"
+    return None
+
+
+def _expanded_size(node, memo: Dict[int, int]) -> int:
+    """How many values a node expands to once aliases are copied (shared nodes counted once per use)."""
+    if not isinstance(node, (dict, list)):
+        return 1
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = 1                      # a node that contains itself counts once
+    n = 1
+    for v in (node.values() if isinstance(node, dict) else node):
+        n += _expanded_size(v, memo)
+        if n > MAX_NODES:
+            raise DefcError(f"invalid YAML: aliases expand to more than {MAX_NODES} values")
+    memo[key] = n
+    return n
+
+
 def _plain(node, path: Path, positions: Dict[Path, Tuple[int, int]]):
     """Convert ruamel's commented containers into dict/list, recording positions."""
-    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
+    problem = _tag_problem(node) if isinstance(node, (CommentedMap, CommentedSeq, TaggedScalar)) else None
+    if problem:
+        at = positions.get(path, (0, 0))
+        raise DefcError(problem, Location("", *at))
+    if isinstance(node, TaggedScalar):
+        return str(node.value)
     if isinstance(node, CommentedMap):
         out = {}
         for k in node:
@@ -63,7 +101,8 @@ def _plain(node, path: Path, positions: Dict[Path, Tuple[int, int]]):
             except (KeyError, TypeError, AttributeError):
                 pass
             if not isinstance(k, (str, int, float, bool)) or k is None:
-                raise DefcError(f"mapping key {k!r} must be a string", None)
+                at = positions.get(path + (k,), positions.get(path, (0, 0)))
+                raise DefcError(f"mapping key {k!r} must be a string", Location("", *at))
             out[k] = _plain(node[k], path + (k,), positions)
         return out
     if isinstance(node, CommentedSeq):
@@ -136,17 +175,34 @@ def load_yaml(path: str, what: str = "YAML file") -> Located:
         raise DefcError("invalid YAML: nested too deeply", Location(shown)) from None
     positions: Dict[Path, Tuple[int, int]] = {}
     try:
+        _expanded_size(node, {})
         data = _plain(node, (), positions)
     except DefcError as e:
-        raise DefcError(e.message, Location(shown)) from None
+        at = e.location
+        raise DefcError(e.message, Location(shown, at.line, at.col) if at else Location(shown)) from None
+    except RecursionError:
+        raise DefcError("invalid YAML: nested too deeply", Location(shown)) from None
     return Located(shown, data, positions)
+
+
+class _NotJSONConstant(ValueError):
+    pass
+
+
+def _no_constant(name: str):
+    """Python's json accepts NaN and Infinity; JSON (and a model config) does not."""
+    raise _NotJSONConstant(name)
 
 
 def load_json(path: str, what: str = "JSON file") -> Any:
     shown = display_path(path)
     text = read_text(path, what)
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant)
+    except _NotJSONConstant as e:
+        m = re.search(r"(?<![\w.\"])" + re.escape(e.args[0]) + r"(?![\w\"])", text)
+        at = (text.count("\n", 0, m.start()) + 1, m.start() - text.rfind("\n", 0, m.start())) if m else (0, 0)
+        raise DefcError(f"invalid JSON: {e.args[0]} is not a JSON number", Location(shown, *at)) from None
     except json.JSONDecodeError as e:
         raise DefcError(f"invalid JSON: {e.msg}", Location(shown, e.lineno, e.colno)) from None
     except RecursionError:

@@ -12,15 +12,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from .check import Spec, load_spec
+from .check import Spec, field_name, load_spec
 from .errors import DefcError, Location
+from .load import display_path
 from .evaluate import Evaluator, Instance
 from .facts import load_facts, model_env, quant_key
 from .models import ModelInfo, resolve_model
 from .paths import DEFAULT_COOKBOOK, DEFAULT_OUT, SPECS_DIR
 from .render import render, template_dirs
 from .serving import Serving, default_servings, explicit_servings, rows_for
-from .write import Planned, apply, plan
+from .write import Planned, apply, check_component, clean_stale_temps, ensure_folder, plan
 
 
 @dataclass
@@ -60,7 +61,7 @@ def spec_paths(specs: Sequence[str], specs_dir: str = SPECS_DIR) -> List[str]:
         found = sorted(p for p in glob.glob(os.path.join(specs_dir, "*.yaml"))
                        if not os.path.basename(p).startswith("_"))
         if not found:
-            raise DefcError("no specs found", Location(specs_dir))
+            raise DefcError("no spec files (*.yaml) in this folder", Location(display_path(specs_dir)))
         return found
     out = []
     families = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(specs_dir, "*.yaml"))
@@ -70,6 +71,8 @@ def spec_paths(specs: Sequence[str], specs_dir: str = SPECS_DIR) -> List[str]:
             out.append(s)
         elif os.path.exists(os.path.join(specs_dir, f"{s}.yaml")):
             out.append(os.path.join(specs_dir, f"{s}.yaml"))
+        elif os.sep in s or s.endswith((".yaml", ".yml")):
+            raise DefcError("spec file not found", Location(display_path(s)), field="SPEC")
         else:
             raise DefcError(f"no spec '{s}' (a path, or one of: {', '.join(families)})", field="SPEC")
     return out
@@ -138,6 +141,7 @@ def compile_model(opts: CompileOptions) -> CompileResult:
             for t in other.tags:
                 if t not in doc["tags"]:
                     doc["tags"].append(t)
+        _check_file_names(doc, insts[0])
         p = plan(opts.out, doc, force=opts.force, skip_existing=opts.skip_existing)
         p.sources = sorted({i.serving.label() for i in insts})
         planned.append(p)
@@ -145,6 +149,27 @@ def compile_model(opts: CompileOptions) -> CompileResult:
     return CompileResult(model, servings, planned, notes, by_name)
 
 
+def _check_file_names(doc: Dict[str, Any], inst: Instance) -> None:
+    """op_type and name become path components: refuse anything that could leave OUT/definitions,
+    pointing at the spec field (or the template) that produced it."""
+    for key, what in (("op_type", "op_type"), ("name", "definition name")):
+        try:
+            check_component(doc.get(key), what)
+        except DefcError as e:
+            path = ("definitions", inst.def_index, key)
+            how = f" (rendered by template {inst.template})" if doc.get(key) != getattr(inst, key) else ""
+            raise DefcError(e.message + how, inst.spec.where(path), field_name(path)) from None
+
+
 def write_planned(result: CompileResult) -> None:
+    """Write the plan: folders first (so a file in the way fails before any write), then each file
+    atomically.  Temp files that a killed earlier run left in the dataset are removed first."""
+    roots = sorted({os.path.dirname(os.path.dirname(p.path)) for p in result.planned})
+    for root in roots:
+        for folder in [root] + sorted(glob.glob(os.path.join(glob.escape(root), "*", ""))):
+            clean_stale_temps(folder)
+    for folder in sorted({os.path.dirname(p.path) for p in result.planned
+                          if p.status in ("new", "merged", "replaced") and p.text is not None}):
+        ensure_folder(folder)
     for p in result.planned:
         apply(p)

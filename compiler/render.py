@@ -13,6 +13,7 @@ import traceback
 from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple
 
+from .check import field_name
 from .errors import DefcError, Location
 from .evaluate import Instance
 from .load import display_path
@@ -50,20 +51,34 @@ def template_dirs(extra: Optional[List[str]] = None) -> Tuple[str, ...]:
     return tuple(os.path.abspath(d) for d in (list(extra or []) + [TEMPLATES_DIR]))
 
 
+def template_file(name: str, dirs: Tuple[str, ...]) -> str:
+    """The file a template name resolves to (the first folder that has it)."""
+    for d in dirs:
+        p = os.path.join(d, name)
+        if os.path.isfile(p):
+            return p
+    return os.path.join(dirs[-1], name)
+
+
 def _template_error(e: Exception, name: str, dirs: Tuple[str, ...]) -> DefcError:
+    """One located line for a Jinja failure; a top-level template that is missing has no location
+    (the caller knows which spec field named it)."""
     from jinja2 import TemplateNotFound, TemplateSyntaxError, UndefinedError
     from jinja2.exceptions import SecurityError
-    if isinstance(e, TemplateNotFound):
-        return DefcError(f"template '{e.name}' not found in {', '.join(display_path(d) for d in dirs)}",
-                         Location(display_path(os.path.join(dirs[-1], name))))
-    if isinstance(e, TemplateSyntaxError):
-        path = e.filename or os.path.join(dirs[-1], name)
-        return DefcError(f"template syntax error: {e.message}", Location(display_path(path), e.lineno or 0, 1))
     # find the template frame for the line number
-    line, path = 0, os.path.join(dirs[-1], name)
+    line, path = 0, None
     for fr in traceback.extract_tb(e.__traceback__):
         if fr.filename and fr.filename.endswith(".j2"):
             line, path = fr.lineno, fr.filename
+    if isinstance(e, TemplateNotFound):
+        where = ", ".join(display_path(d) for d in dirs)
+        if path is None:
+            return DefcError(f"template '{e.name}' not found in {where}")
+        return DefcError(f"included template '{e.name}' not found in {where}", Location(display_path(path), line, 1))
+    if isinstance(e, TemplateSyntaxError):
+        path = e.filename or template_file(name, dirs)
+        return DefcError(f"template syntax error: {e.message}", Location(display_path(path), e.lineno or 0, 1))
+    path = path or template_file(name, dirs)
     if isinstance(e, SecurityError):
         return DefcError(f"template tried something the sandbox forbids: {e}", Location(display_path(path), line, 1))
     if isinstance(e, UndefinedError):
@@ -99,14 +114,28 @@ def reference_context(inst: Instance) -> Dict[str, Any]:
     return ctx
 
 
+def _named_by_spec(e: DefcError, inst: Instance, key: Tuple) -> DefcError:
+    """An error without a location (a missing template) points at the spec field that names it."""
+    if e.location is not None:
+        return e
+    path = ("definitions", inst.def_index) + key
+    return DefcError(e.message, inst.spec.where(path), field_name(path))
+
+
 def render(inst: Instance, models: List[str], dirs: Tuple[str, ...]) -> Dict[str, Any]:
-    reference = render_template(inst.reference_template, reference_context(inst), dirs)
+    try:
+        reference = render_template(inst.reference_template, reference_context(inst), dirs)
+    except DefcError as e:
+        raise _named_by_spec(e, inst, ("reference", "template")) from None
     ctx = {"name": inst.name, "description": inst.description, "op_type": inst.op_type,
            "tags": base_tags(inst, models), "axes": inst.axes, "constraints": inst.constraints,
            "inputs": inst.inputs, "outputs": inst.outputs, "reference": reference,
            "params": inst.params, "quantization": inst.quantization}
-    text = render_template(inst.template, ctx, dirs)
-    tpath = display_path(os.path.join(dirs[-1], inst.template))
+    try:
+        text = render_template(inst.template, ctx, dirs)
+    except DefcError as e:
+        raise _named_by_spec(e, inst, ("template",)) from None
+    tpath = display_path(template_file(inst.template, dirs))
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:

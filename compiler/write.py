@@ -12,10 +12,12 @@ import json
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from .errors import DefcError, Location
+from .load import display_path
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 
@@ -34,13 +36,32 @@ def dumps(doc: Dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
-def atomic_write_text(path: str, text: str) -> None:
+# Temp files are ``.defc-{pid}-{random}.tmp`` next to their target: never a ``*.json``, so a reader
+# of the dataset cannot mistake a half-written file for a definition, and a later run can tell a
+# leftover of a killed process (pid gone) from a write in progress (see clean_stale_temps).
+TEMP_PREFIX = ".defc-"
+TEMP_SUFFIX = ".tmp"
+_TEMP = re.compile(r"^\.defc-(\d+)-.*\.tmp$")
+STALE_AFTER_S = 3600          # temp files without a pid are removed when older than this
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new, never a part (temp + fsync + rename)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".defc-", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=TEMP_SUFFIX, dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        os.fchmod(fd, 0o666 & ~_UMASK)          # mkstemp makes 0600; a dataset file is an ordinary file
+        with os.fdopen(fd, "wb") as fh:
+            slow = os.environ.get("DEFC_TEST_SLOW_WRITE")   # test hook: the interrupted-compile test
+            if slow:
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                time.sleep(float(slow))
+                data = data[len(data) // 2:]
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -50,6 +71,62 @@ def atomic_write_text(path: str, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:          # EPERM: it exists, under another user
+        return True
+    return True
+
+
+def clean_stale_temps(folder: str) -> List[str]:
+    """Remove temp files that a killed defc left in ``folder``; return their paths.
+
+    A temp file whose writer is still running is left alone (two compiles may share a dataset).
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    now = time.time()
+    for n in names:
+        if not (n.startswith(TEMP_PREFIX) and n.endswith(TEMP_SUFFIX)):
+            continue
+        p = os.path.join(folder, n)
+        m = _TEMP.match(n)
+        try:
+            stale = not _pid_alive(int(m.group(1))) if m else now - os.lstat(p).st_mtime > STALE_AFTER_S
+            if stale and os.path.isfile(p):
+                os.unlink(p)
+                removed.append(p)
+        except (OSError, ValueError):
+            pass
+    return removed
+
+
+def ensure_folder(folder: str) -> None:
+    """Create a folder (and its parents), or fail with one line naming what is in the way."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        cur = folder
+        while cur and not os.path.lexists(cur) and os.path.dirname(cur) != cur:
+            cur = os.path.dirname(cur)
+        if cur and os.path.lexists(cur) and not os.path.isdir(cur):
+            raise DefcError(f"a file is in the way of the folder {display_path(folder)}",
+                            Location(display_path(cur))) from None
+        raise DefcError(f"cannot create folder: {e.strerror or e}", Location(display_path(folder))) from None
 
 
 def structure(doc: Dict[str, Any]) -> str:
@@ -143,15 +220,14 @@ def _difference(old: Dict[str, Any], new: Dict[str, Any]) -> str:
 def apply(p: Planned) -> None:
     """Carry out a planned write (new, merged or replaced)."""
     if p.status in ("new", "merged", "replaced") and p.text is not None:
-        if p.status == "replaced" and os.path.exists(p.path):
-            bak = p.path + ".bak"
-            with open(p.path, "rb") as fh:
-                data = fh.read()
-            tmp = bak + ".tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, bak)
-        atomic_write_text(p.path, p.text)
+        ensure_folder(os.path.dirname(os.path.abspath(p.path)))
+        try:
+            if p.status == "replaced" and os.path.exists(p.path):
+                with open(p.path, "rb") as fh:
+                    atomic_write_bytes(p.path + ".bak", fh.read())
+            atomic_write_text(p.path, p.text)
+        except OSError as e:
+            raise DefcError(f"cannot write: {e.strerror or e}", Location(display_path(p.path))) from None
 
 
 def location_of(path: str) -> Location:

@@ -13,6 +13,10 @@ from . import __version__
 COMMANDS = [
     "defc.cmd_compile",
     "defc.cmd_models",
+    "defc.cmd_trace", "defc.cmd_stage", "defc.cmd_diff",
+    "defc.cmd_lint",
+    "defc.cmd_validate",
+    "defc.cmd_new_op",
 ]
 
 

@@ -1,0 +1,496 @@
+"""Coverage: which definitions the catalogue predicts, which a dataset has, and where the rest come from.
+
+``predict(models, ...)`` runs the compile API for each catalogue model without writing anything and
+returns, per model, the planned definitions (each with its dataset status: ``new`` = missing).  A
+missing definition can come from a trace pass when its spec's ``fi_api`` has a FlashInfer trace
+template (checked against FlashInfer's registry when ``flashinfer`` is importable, else against the
+bundled list ``compiler/data/fi_trace_apis.json`` that ``defc coverage --write-fi-api-list``
+regenerates); otherwise it must be compiled (Path B).
+
+``matrix(...)`` counts definitions per family per model (``defc coverage --matrix``, which generates
+docs/model-families.md).  ``gaps(...)`` groups the predicted definitions whose API has no trace
+template, or that have no FlashInfer API at all, into follow-up issues (``defc gap-report``).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from .errors import DefcError, DefcErrors, Location
+from .load import display_path
+from .paths import DEFAULT_OUT, SPECS_DIR
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+BUNDLED_APIS = os.path.join(DATA_DIR, "fi_trace_apis.json")
+NOWHERE = os.path.join(os.sep, "nonexistent-defc-dataset")   # an out folder that never exists
+
+
+# ---------------------------------------------------------------------------------------------
+# fast batch compiles: the compile API re-reads specs and the cookbook on every call; a batch over
+# the whole catalogue reads each once.
+
+@contextlib.contextmanager
+def cached_inputs() -> Iterator[None]:
+    """Within the block, spec files and cookbook data are read once (keyed by path and mtime)."""
+    from . import pipeline, serving
+    from .check import load_spec
+    spec_cache: Dict[Tuple[str, float], Any] = {}
+    snap_cache: Dict[Tuple[str, float], Any] = {}
+    book_cache: Dict[str, Any] = {}
+    orig_load_specs, orig_snapshot, orig_read = pipeline.load_specs, serving.load_snapshot, serving.read_cookbook
+
+    def _mtime(p):
+        try:
+            return os.path.getmtime(p)
+        except OSError:
+            return -1.0
+
+    def load_specs(paths):
+        out = []
+        for p in paths:
+            k = (os.path.abspath(p), _mtime(p))
+            if k not in spec_cache:
+                spec_cache[k] = load_spec(p)
+            out.append(spec_cache[k])
+        return out
+
+    def load_snapshot(path=serving.SNAPSHOT):
+        k = (os.path.abspath(path), _mtime(path))
+        if k not in snap_cache:
+            snap_cache[k] = orig_snapshot(path)
+        return snap_cache[k]
+
+    def read_cookbook(root):
+        k = os.path.abspath(root)
+        if k not in book_cache:
+            book_cache[k] = orig_read(root)
+        return book_cache[k]
+
+    pipeline.load_specs, serving.load_snapshot, serving.read_cookbook = load_specs, load_snapshot, read_cookbook
+    try:
+        yield
+    finally:
+        pipeline.load_specs, serving.load_snapshot, serving.read_cookbook = orig_load_specs, orig_snapshot, orig_read
+
+
+def usable_specs(specs: Sequence[str] = (), specs_dir: str = SPECS_DIR) -> Tuple[List[str], List[DefcError]]:
+    """Spec paths that load and check cleanly, and the problems of those that do not."""
+    from .check import load_spec
+    from .pipeline import spec_paths
+    good, bad = [], []
+    for p in spec_paths(list(specs), specs_dir):
+        try:
+            load_spec(p)
+            good.append(p)
+        except DefcErrors as e:
+            bad.extend(e.errors)
+        except DefcError as e:
+            bad.append(e)
+    return good, bad
+
+
+# ---------------------------------------------------------------------------------------------
+# predictions
+
+@dataclass
+class Predicted:
+    name: str
+    op_type: str
+    family: str
+    spec: str
+    def_id: str
+    fi_api: Optional[str]
+    status: str                 # the spec's status: verified | unverified | reference
+    path: str                   # where it belongs in the dataset
+    dataset_status: str         # new (missing) | unchanged | merged (present) | collision (present, differs)
+    servings: List[str] = field(default_factory=list)
+
+    @property
+    def present(self) -> bool:
+        return self.dataset_status != "new"
+
+
+@dataclass
+class ModelPrediction:
+    model: str
+    servings: List[str]
+    definitions: List[Predicted] = field(default_factory=list)
+    error: Optional[DefcError] = None
+
+
+def predict(models: Optional[Sequence[str]] = None, specs: Sequence[str] = (), specs_dir: str = SPECS_DIR,
+            template_dirs: Sequence[str] = (), dataset: str = NOWHERE, cookbook: Optional[str] = None,
+            quantization: Optional[List[str]] = None) -> Tuple[List[ModelPrediction], List[DefcError]]:
+    """Compile every model (default: the catalogue) in memory; problems come back, nothing is raised."""
+    from .models import catalogue_slugs
+    from .pipeline import CompileOptions, compile_model
+    good, problems = usable_specs(specs, specs_dir)
+    slugs = list(models) if models else catalogue_slugs()
+    out: List[ModelPrediction] = []
+    if not good:
+        return out, problems
+    with cached_inputs():
+        for slug in slugs:
+            opts = CompileOptions(model=slug, specs=good, specs_dir=specs_dir, template_dirs=list(template_dirs),
+                                  out=dataset, cookbook=cookbook, quantization=quantization)
+            try:
+                res = compile_model(opts)
+            except DefcErrors as e:
+                out.append(ModelPrediction(slug, [], error=e.errors[0]))
+                problems.extend(e.errors)
+                continue
+            except DefcError as e:
+                out.append(ModelPrediction(slug, [], error=e))
+                problems.append(e)
+                continue
+            mp = ModelPrediction(res.model.slug, [s.label() + (f" {s.quantization}" if s.quantization else "")
+                                                  for s in res.servings])
+            for p in res.planned:
+                inst = res.instances[p.doc["name"]][0] if p.doc.get("name") in res.instances else None
+                mp.definitions.append(Predicted(
+                    name=p.doc.get("name", ""), op_type=p.doc.get("op_type", ""),
+                    family=inst.spec.family if inst else "", spec=display_path(inst.spec.path) if inst else "",
+                    def_id=inst.def_id if inst else "", fi_api=inst.fi_api if inst else None,
+                    status=inst.status if inst else "", path=display_path(p.path), dataset_status=p.status,
+                    servings=list(p.sources)))
+            out.append(mp)
+    return out, problems
+
+
+# ---------------------------------------------------------------------------------------------
+# FlashInfer's trace registry
+
+@dataclass
+class TraceRegistry:
+    """Which FlashInfer APIs have trace templates, and which public names exist without one."""
+
+    traced: Dict[str, List[str]]          # api name (incl. public aliases) -> template labels
+    untraced: List[str]                   # public FlashInfer callables with no trace template
+    source: str                           # "flashinfer X.Y (live)" or the bundled file
+
+    def has_template(self, api: Optional[str]) -> bool:
+        return bool(api) and (api in self.traced or f"{api}.run" in self.traced)
+
+    def exists(self, api: Optional[str]) -> Optional[bool]:
+        """True / False when known; None when the bundled list cannot tell."""
+        if not api:
+            return False
+        if self.has_template(api) or api in self._untraced_set:
+            return True
+        if self.source.endswith("(live)"):
+            return resolves(api)
+        parent = api.rsplit(".", 1)[0]
+        if parent in self._untraced_set or parent in self.traced:
+            return True      # a method of a known class
+        return None if self.source.startswith("bundled") else False
+
+    def __post_init__(self):
+        self._untraced_set = set(self.untraced)
+
+
+def flashinfer_importable() -> bool:
+    if os.environ.get("DEFC_NO_FLASHINFER") == "1":
+        return False
+    import importlib.util
+    return importlib.util.find_spec("flashinfer") is not None
+
+
+def _import_flashinfer():
+    """Import flashinfer and the submodules that register templates only when imported."""
+    import io
+    saved = os.environ.pop("FLASHINFER_TRACE_DUMP_DIR", None)
+    err, sys.stderr = sys.stderr, io.StringIO()      # flashinfer prints warnings on CPU-only machines
+    try:
+        import flashinfer  # noqa: F401
+        import pkgutil
+        for m in pkgutil.iter_modules(flashinfer.__path__, "flashinfer."):
+            if m.name.rsplit(".", 1)[-1].startswith("_"):
+                continue
+            try:
+                importlib.import_module(m.name)
+            except Exception:   # optional GPU-only dependencies (triton, nvshmem, …)
+                pass
+            except SystemExit:
+                pass
+        return flashinfer
+    finally:
+        sys.stderr = err
+        if saved is not None:
+            os.environ["FLASHINFER_TRACE_DUMP_DIR"] = saved
+
+
+def _canonical(obj, aliases) -> Optional[str]:
+    mod, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not isinstance(mod, str) or not isinstance(qual, str) or not mod.startswith("flashinfer"):
+        return None
+    name = f"{mod}.{qual}"
+    return aliases.get(name, name)
+
+
+def live_registry() -> TraceRegistry:
+    fi = _import_flashinfer()
+    from flashinfer import api_logging as al
+    aliases = dict(getattr(al, "_TRACE_FI_API_ALIASES", {}) or {})
+    traced: Dict[str, List[str]] = {}
+    for func, tmpl, label in getattr(al, "_TRACE_REGISTRY", []):
+        name = f"{func.__module__}.{func.__qualname__}"
+        name = aliases.get(name, name)
+        labels = traced.setdefault(name, [])
+        if label not in labels:
+            labels.append(label)
+    canonical = dict(traced)
+
+    def alias(public: str, canon: str):
+        labels = traced.setdefault(public, [])
+        for lab in canonical[canon]:
+            if lab not in labels:
+                labels.append(lab)
+
+    api_modules = {"flashinfer"} | {n.rsplit(".", 1)[0] for n in canonical}
+    public_objs: Dict[str, Any] = {}
+    for modname, mod in list(sys.modules.items()):
+        if mod is None or not (modname == "flashinfer" or modname.startswith("flashinfer.")):
+            continue
+        if any(part.startswith("_") for part in modname.split(".")[1:]):
+            continue
+        for attr in list(vars(mod)):
+            if attr.startswith("_"):
+                continue
+            obj = vars(mod).get(attr)
+            public = f"{modname}.{attr}"
+            if isinstance(obj, type):
+                hit = False
+                for meth in vars(obj):
+                    if meth.startswith("_"):
+                        continue
+                    c = _canonical(vars(obj)[meth], aliases)
+                    if c in canonical:
+                        alias(f"{public}.{meth}", c)
+                        hit = True
+                if not hit and _canonical(obj, aliases):
+                    public_objs[public] = obj
+                if hit:
+                    api_modules.add(modname)
+            elif callable(obj):
+                c = _canonical(obj, aliases)
+                if c in canonical:
+                    alias(public, c)
+                    api_modules.add(modname)
+                elif c:
+                    public_objs[public] = obj
+    # APIs without a template: public FlashInfer callables of the modules that host traced APIs
+    untraced = sorted(p for p in public_objs if p.rsplit(".", 1)[0] in api_modules and p not in traced)
+    version = getattr(fi, "__version__", "?")
+    return TraceRegistry({k: traced[k] for k in sorted(traced)}, untraced, f"flashinfer {version} (live)")
+
+
+def resolves(api: str) -> bool:
+    """Whether a dotted FlashInfer name imports (flashinfer must be importable)."""
+    parts = api.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except Exception:
+            continue
+        try:
+            for p in parts[i:]:
+                obj = getattr(obj, p)
+            return True
+        except AttributeError:
+            return False
+    return False
+
+
+def bundled_registry(path: str = BUNDLED_APIS) -> TraceRegistry:
+    if not os.path.exists(path):
+        return TraceRegistry({}, [], "bundled (missing)")
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    return TraceRegistry(dict(data.get("traced") or {}), list(data.get("untraced") or []),
+                         f"bundled {display_path(path)} ({data.get('flashinfer', '?')})")
+
+
+def registry(live: Optional[bool] = None) -> TraceRegistry:
+    """FlashInfer's registry when importable (or live=True), else the bundled list."""
+    if live is None:
+        live = flashinfer_importable()
+    return live_registry() if live else bundled_registry()
+
+
+def write_bundled(path: str = BUNDLED_APIS) -> TraceRegistry:
+    from .write import atomic_write_text
+    reg = live_registry()
+    data = {"generated_by": "defc coverage --write-fi-api-list", "flashinfer": reg.source.replace(" (live)", ""),
+            "traced": reg.traced, "untraced": reg.untraced}
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
+    return reg
+
+
+# ---------------------------------------------------------------------------------------------
+# reports
+
+def source_of(p: Predicted, reg: TraceRegistry) -> str:
+    """'trace' when a trace pass can produce it, else 'compile' (Path B)."""
+    if p.fi_api and p.status != "unverified" and reg.has_template(p.fi_api):
+        return "trace"
+    return "compile"
+
+
+def coverage_rows(preds: List[ModelPrediction], reg: TraceRegistry) -> List[Dict[str, Any]]:
+    rows = []
+    for mp in preds:
+        present = [d for d in mp.definitions if d.present]
+        missing = [d for d in mp.definitions if not d.present]
+        rows.append({
+            "model": mp.model, "servings": mp.servings,
+            "error": str(mp.error) if mp.error else None,
+            "predicted": len(mp.definitions), "present": len(present), "missing": len(missing),
+            "definitions": [{"name": d.name, "op_type": d.op_type, "family": d.family, "path": d.path,
+                             "present": d.present, "dataset_status": d.dataset_status, "fi_api": d.fi_api,
+                             "status": d.status,
+                             "source": None if d.present else source_of(d, reg)} for d in mp.definitions],
+        })
+    return rows
+
+
+def coverage_markdown(rows: List[Dict[str, Any]], dataset: str, reg: TraceRegistry) -> str:
+    lines = [f"# Coverage of {display_path(dataset)}", "",
+             f"Trace templates: {reg.source}. `trace` = a trace pass can produce it; "
+             f"`compile` = Path B (defc compile).", "",
+             "| model | predicted | present | missing | from trace | compile |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["error"]:
+            lines.append(f"| {r['model']} | error | | | | |")
+            continue
+        miss = [d for d in r["definitions"] if not d["present"]]
+        lines.append(f"| {r['model']} | {r['predicted']} | {r['present']} | {r['missing']} | "
+                     f"{sum(d['source'] == 'trace' for d in miss)} | {sum(d['source'] == 'compile' for d in miss)} |")
+    for r in rows:
+        lines += ["", f"## {r['model']}", ""]
+        if r["error"]:
+            lines.append(f"compile failed: `{r['error']}`")
+            continue
+        lines.append(f"serving configs: {', '.join(r['servings'])}")
+        lines.append("")
+        lines += ["| definition | op_type | in dataset | source | fi_api |", "|---|---|---|---|---|"]
+        for d in sorted(r["definitions"], key=lambda d: (d["op_type"], d["name"])):
+            have = {"new": "missing", "collision": "differs"}.get(d["dataset_status"], "yes")
+            lines.append(f"| `{d['name']}` | {d['op_type']} | {have} | {d['source'] or ''} | "
+                         f"{('`' + d['fi_api'] + '`') if d['fi_api'] else '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+def matrix(preds: List[ModelPrediction]) -> Tuple[List[str], List[str], Dict[Tuple[str, str], int]]:
+    families = sorted({d.family for mp in preds for d in mp.definitions})
+    models = [mp.model for mp in preds]
+    counts: Dict[Tuple[str, str], int] = {}
+    for mp in preds:
+        for d in mp.definitions:
+            counts[(mp.model, d.family)] = counts.get((mp.model, d.family), 0) + 1
+    return models, families, counts
+
+
+def matrix_markdown(preds: List[ModelPrediction], title: bool = True) -> str:
+    models, families, counts = matrix(preds)
+    lines = []
+    if title:
+        lines += ["# Models × op families", "",
+                  "<!-- generated by `defc coverage --matrix --write docs/model-families.md`; do not edit -->", "",
+                  "Number of Definition JSONs `defc compile` predicts for each catalogue model (over its "
+                  "sgl-cookbook serving configurations, own quantization), per op family (one spec in `specs/`).", ""]
+    lines.append("| model | " + " | ".join(families) + " | total |")
+    lines.append("|---|" + "---:|" * (len(families) + 1))
+    by_model = {mp.model: mp for mp in preds}
+    for m in models:
+        if by_model[m].error:
+            lines.append(f"| {m} | " + " | ".join("error" for _ in families) + " | error |")
+            continue
+        cells = [str(counts.get((m, f), 0) or "·") for f in families]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {sum(counts.get((m, f), 0) for f in families)} |")
+    totals = [sum(counts.get((m, f), 0) for m in models) for f in families]
+    lines.append("| **all models** | " + " | ".join(str(t) for t in totals) + f" | {sum(totals)} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# gap report
+
+@dataclass
+class Gap:
+    kind: str                       # no-template | no-api | unknown-api
+    key: str                        # the fi_api, or family/def_id when there is none
+    family: str
+    spec: str
+    def_id: str
+    fi_api: Optional[str]
+    definitions: Dict[str, Predicted] = field(default_factory=dict)   # name -> one prediction
+    models: Dict[str, List[str]] = field(default_factory=dict)        # name -> models
+
+
+def gaps(preds: List[ModelPrediction], reg: TraceRegistry) -> List[Gap]:
+    out: Dict[Tuple[str, str], Gap] = {}
+    for mp in preds:
+        for d in mp.definitions:
+            if d.fi_api and d.status != "unverified":
+                if reg.has_template(d.fi_api):
+                    continue
+                known = reg.exists(d.fi_api)
+                kind = "no-template" if known else "unknown-api"
+                key = d.fi_api
+            else:
+                kind, key = "no-api", f"{d.family}/{d.def_id}"
+            g = out.get((kind, key))
+            if g is None:
+                g = out[(kind, key)] = Gap(kind, key, d.family, d.spec, d.def_id, d.fi_api)
+            g.definitions.setdefault(d.name, d)
+            ms = g.models.setdefault(d.name, [])
+            if mp.model not in ms:
+                ms.append(mp.model)
+    order = {"no-template": 0, "unknown-api": 1, "no-api": 2}
+    return sorted(out.values(), key=lambda g: (order[g.kind], g.key))
+
+
+def gap_issue(g: Gap, reg: TraceRegistry) -> Tuple[str, str]:
+    """(title, Markdown body) of a follow-up issue for one gap."""
+    names = sorted(g.definitions)
+    example = g.definitions[names[0]]
+    models = sorted({m for ms in g.models.values() for m in ms})
+    defs = "\n".join(f"- `{n}` — `{g.definitions[n].path}` (models: {', '.join(sorted(g.models[n]))})" for n in names)
+    if g.kind == "no-template":
+        title = f"Trace template for `{g.fi_api}` ({example.op_type})"
+        need = (f"`{g.fi_api}` exists in FlashInfer ({reg.source}) but has no `TraceTemplate`: decorate it with "
+                f"`@flashinfer_api(trace=...)` so that a trace pass (`FLASHINFER_TRACE_DUMP=1`, or `.fi_trace()`) "
+                f"writes the definitions below instead of defc compiling them by hand (Path B).")
+        accept = [f"`{g.fi_api}.fi_trace(...)` returns a definition for each shape below, with the same name, "
+                  f"op_type `{example.op_type}`, axes (const values included), inputs and outputs as the hand-written file",
+                  "every emitted dtype is concrete (no `unknown`) and no name is both an input and an output",
+                  "the reference defines a top-level `run(...)` and `flashinfer_bench.data.Definition` accepts the output",
+                  f"`defc diff` against the hand-written definitions reports no structural difference",
+                  f"afterwards `defc coverage` lists these definitions as `trace` instead of `compile`"]
+    elif g.kind == "unknown-api":
+        title = f"`{g.fi_api}` is named by spec {g.spec} but not found in FlashInfer"
+        need = (f"The spec's `fi_api` `{g.fi_api}` is neither a traced API nor a known public FlashInfer callable "
+                f"({reg.source}). Either the API was renamed (fix `fi_api` in {g.spec}, definition `{g.def_id}`) or it "
+                f"still has to be written in FlashInfer.")
+        accept = [f"`fi_api` in {g.spec} (`{g.def_id}`) names an importable FlashInfer API, or the definition is "
+                  f"marked `status: unverified` with `fi_api: null`",
+                  "`defc lint` is clean", "`defc gap-report` no longer lists this entry as unknown"]
+    else:
+        title = f"Kernel request: FlashInfer kernel for `{g.family}` / `{g.def_id}` ({example.op_type})"
+        need = (f"No FlashInfer API implements `{g.def_id}` of family `{g.family}` (spec {g.spec}: "
+                f"`fi_api` is {('`' + g.fi_api + '`') if g.fi_api else 'null'}, status `{example.status}`). "
+                f"The definitions below exist only as hand-written (compiled) definitions with a PyTorch reference.")
+        accept = ["a FlashInfer API computes this op for the shapes below and matches the reference within the "
+                  "tolerances of the definition's `verify` block",
+                  "the API carries a `TraceTemplate` whose output equals the hand-written definitions structurally",
+                  f"the spec sets `fi_api` and `status: verified` for `{g.def_id}`; `defc lint` stays clean"]
+    body = [f"## {title}", "", "### What is needed", "", need, "",
+            f"### Hand-written definitions ({len(names)}, models: {', '.join(models)})", "", defs, "",
+            f"Spec: `{g.spec}` (definition `{g.def_id}`); regenerate with `defc compile --model MODEL {g.family}`.", "",
+            "### Acceptance", ""] + [f"- [ ] {a}" for a in accept]
+    return title, "\n".join(body) + "\n"

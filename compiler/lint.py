@@ -1,0 +1,623 @@
+"""``defc lint``: every problem of specs and the model facts in one pass, beyond the schema.
+
+Checks, each reported as ``file:line:col: error|warning: field: message``:
+
+* the spec schema and formula syntax (``check.spec_problems``);
+* unknown names in formulas and ``{placeholders}``: a name is known if it is a config field of some
+  catalogue model, a fact, a serving symbol, ``label``/``model``/``quantization``, or a family let,
+  sweep, case let, definition let or earlier const axis in scope at that point;
+* a name pattern that does not mention a const axis whose value varies (warning), and instances that
+  share a name but differ in a const axis;
+* tags: ``ns:value`` with a known namespace, or a known flag;
+* templates: missing files, variables the renderer does not provide (``jinja2.meta``);
+* rendering against every catalogue model the spec applies to (all quantization variants): every
+  evaluation error, a reference without a top-level ``run``, and ``flashinfer_bench.data.Definition``
+  rejections of the rendered document.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import glob
+import os
+import re
+from functools import lru_cache
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from . import formula as F
+from .check import PLACEHOLDER, field_name, schema_errors, spec_problems
+from .errors import DefcError, DefcErrors, Location
+from .load import Located, display_path, load_yaml
+from .paths import MODEL_FACTS, SPECS_DIR, TEMPLATES_DIR
+
+SERVING_SYMBOLS = ("tp", "ep", "dp", "attn_dp", "dp_attention")
+ALWAYS_KNOWN = ("label", "model", "quantization")
+
+# Tag namespaces of the curated dataset, flashinfer-bench's conventions and FlashInfer's trace templates.
+TAG_NAMESPACES = (
+    "fi_api", "status", "model", "tp", "ep", "dp", "quantization", "stage", "layout", "routing", "gpu",
+    "sparse", "quant", "quantize", "fused", "backend", "arch", "phase", "moe", "activation",
+    "activation-format", "partition-strategy", "partitioning", "weight-layout", "kv_cache", "mask", "variant",
+)
+TAG_FLAGS = ("fused",)
+STATUS_VALUES = ("verified", "unverified", "reference", "draft", "deprecated", "experimental")
+INT_TAGS = ("tp", "ep", "dp")
+SET_BY_DEFC = ("status", "fi_api", "model")   # written from the spec's own fields
+
+REFERENCE_CONTEXT = ("name", "op_type", "axes", "params", "inputs", "outputs", "quantization")
+DEFINITION_CONTEXT = ("name", "description", "op_type", "tags", "axes", "constraints", "inputs", "outputs",
+                      "reference", "params", "quantization")
+
+
+def _err(msg, where: Location, fld: Optional[str] = None, severity: str = "error") -> DefcError:
+    return DefcError(msg, where, fld, severity=severity)
+
+
+# ---------------------------------------------------------------------------------------------
+# tags
+
+def tag_problem(tag: str) -> Optional[Tuple[str, str]]:
+    """(severity, message) for a malformed tag, else None.  Placeholders count as values."""
+    if not isinstance(tag, str) or not tag:
+        return "error", "a tag must be a non-empty string"
+    text = PLACEHOLDER.sub("X", tag)
+    if text != text.strip() or any(c.isspace() for c in text):
+        return "error", f"tag {tag!r} contains whitespace"
+    if ":" not in text:
+        if text in TAG_FLAGS:
+            return None
+        return "error", (f"tag {tag!r} is neither 'namespace:value' nor a known flag ({', '.join(TAG_FLAGS)})")
+    ns, value = text.split(":", 1)
+    if not ns or not value:
+        return "error", f"tag {tag!r} needs a namespace and a value ('ns:value')"
+    if ns not in TAG_NAMESPACES:
+        close = difflib.get_close_matches(ns, TAG_NAMESPACES, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return "error", f"tag {tag!r} has unknown namespace '{ns}' (known: {', '.join(TAG_NAMESPACES)}){hint}"
+    if ns == "status" and tag == text and value not in STATUS_VALUES:
+        return "error", f"tag {tag!r}: status must be one of {', '.join(STATUS_VALUES)}"
+    if ns in INT_TAGS and tag == text and not (value.isdigit() and int(value) > 0):
+        return "error", f"tag {tag!r}: {ns} must be a positive integer"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# known names
+
+@lru_cache(maxsize=4)
+def _catalogue_fields(nesting: Tuple[str, ...]) -> frozenset:
+    from .facts import flatten_config
+    from .models import catalogue_slugs, load_catalogue_entry
+    names: Set[str] = set()
+    for slug in catalogue_slugs():
+        try:
+            names |= set(flatten_config(load_catalogue_entry(slug).config, list(nesting)))
+        except DefcError:
+            continue
+    return frozenset(names)
+
+
+def universe(facts_doc: Optional[Located]) -> Set[str]:
+    """Names every formula may read: catalogue config fields, facts, serving symbols."""
+    data = facts_doc.data if facts_doc is not None and isinstance(facts_doc.data, dict) else {}
+    nesting = tuple(x for x in (data.get("nesting") or []) if isinstance(x, str))
+    facts = set((data.get("facts") or {}) if isinstance(data.get("facts"), dict) else {})
+    return set(_catalogue_fields(nesting)) | facts | set(SERVING_SYMBOLS) | set(ALWAYS_KNOWN)
+
+
+def _names(source: Any) -> Tuple[Set[str], Set[str]]:
+    """(names read as values, names only tested with defined()) of a formula."""
+    if not isinstance(source, str):
+        return set(), set()
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError:
+        return set(), set()
+    used, guarded = set(), set()
+
+    def walk(node, in_defined=False):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "defined":
+            for a in node.args:
+                if isinstance(a, ast.Name):
+                    guarded.add(a.id)
+            return
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            for a in node.args:
+                walk(a)
+            return
+        if isinstance(node, ast.Name):
+            used.add(node.id)
+            return
+        for child in ast.iter_child_nodes(node):
+            walk(child)
+    walk(tree)
+    return used, guarded - used
+
+
+class _Scope:
+    """Checks names against what is defined at one point of a spec."""
+
+    def __init__(self, doc: Located, known: Set[str], problems: List[DefcError]):
+        self.doc, self.known, self.problems = doc, known, problems
+
+    def _unknown(self, name: str, path, scope: Set[str], what: str, severity="error"):
+        close = difflib.get_close_matches(name, sorted(scope), n=1, cutoff=0.75)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        self.problems.append(_err(
+            f"{what} '{name}' is not a config field of any catalogue model, a fact, a serving symbol, or a name "
+            f"defined before this point{hint}", self.doc.where(path), field_name(path), severity))
+
+    def formula(self, path, source, scope: Set[str], severity: str = "error"):
+        used, guarded = _names(source)
+        for n in sorted(used):
+            if n not in scope:
+                self._unknown(n, path, scope, "unknown name", severity)
+        for n in sorted(guarded):
+            if n not in scope:
+                self._unknown(n, path, scope, "defined() tests a name that is never defined:", "warning")
+
+    def text(self, path, text, scope: Set[str]):
+        if not isinstance(text, str):
+            return
+        for m in PLACEHOLDER.finditer(text):
+            key = m.group(1).strip()
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+                self.problems.append(_err(f"bad placeholder '{{{m.group(1)}}}' (write {{name}})", self.doc.where(path),
+                                          field_name(path)))
+            elif key not in scope:
+                self._unknown(key, path, scope, "placeholder")
+
+
+def _d(x) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _l(x) -> list:
+    return x if isinstance(x, list) else []
+
+
+def symbol_problems(doc: Located, known: Set[str]) -> List[DefcError]:
+    """Unknown names in formulas and placeholders, scope by scope."""
+    probs: List[DefcError] = []
+    S = _Scope(doc, known, probs)
+    data = _d(doc.data)
+    scope = set(known)
+    if "requires" in data:
+        S.formula(("requires",), data["requires"], scope)
+    for k, v in _d(data.get("let")).items():
+        S.formula(("let", k), v, scope)
+        scope.add(k)
+    fam_scope = set(scope)
+    for i, d in enumerate(_l(data.get("definitions"))):
+        if not isinstance(d, dict):
+            continue
+        base = ("definitions", i)
+        s0 = fam_scope | set(_d(d.get("sweep")))
+        case_names: Set[str] = set()
+        for j, c in enumerate(_l(d.get("cases"))):
+            if not isinstance(c, dict):
+                continue
+            cs = set(s0)
+            for k, v in _d(c.get("let")).items():
+                S.formula(base + ("cases", j, "let", k), v, cs)
+                cs.add(k)
+                case_names.add(k)
+            if "when" in c:
+                S.formula(base + ("cases", j, "when"), c["when"], cs | {"label"})
+        s = s0 | case_names
+        for k, v in _d(d.get("let")).items():
+            S.formula(base + ("let", k), v, s)
+            s.add(k)
+        if "when" in d:
+            S.formula(base + ("when",), d["when"], s)
+        for name, a in _d(d.get("axes")).items():
+            if not isinstance(a, dict):
+                continue
+            p = base + ("axes", name)
+            if "when" in a:
+                S.formula(p + ("when",), a["when"], s)
+            if "value" in a:
+                S.formula(p + ("value",), a["value"], s)
+            if a.get("type", "const" if "value" in a else "var") == "const":
+                s.add(name)
+            S.text(p + ("description",), a.get("description"), s)
+        for sect in ("inputs", "outputs"):
+            for name, t in _d(d.get(sect)).items():
+                if not isinstance(t, dict):
+                    continue
+                p = base + (sect, name)
+                if "when" in t:
+                    S.formula(p + ("when",), t["when"], s)
+                S.text(p + ("dtype",), t.get("dtype"), s)
+                S.text(p + ("description",), t.get("description"), s)
+        for j, t in enumerate(_l(d.get("tags"))):
+            p = base + ("tags", j)
+            if isinstance(t, dict):
+                if "when" in t:
+                    S.formula(p + ("when",), t["when"], s)
+                S.text(p, t.get("tag"), s)
+            else:
+                S.text(p, t, s)
+        for j, c in enumerate(_l(d.get("constraints"))):
+            p = base + ("constraints", j)
+            if isinstance(c, dict):
+                if "when" in c:
+                    S.formula(p + ("when",), c["when"], s)
+                S.text(p, c.get("expr"), s)
+            else:
+                S.text(p, c, s)
+        for k, v in _d(_d(d.get("reference")).get("params")).items():
+            S.formula(base + ("reference", "params", k), v, s)
+        S.text(base + ("name",), d.get("name"), s)
+        S.text(base + ("description",), d.get("description"), s)
+        for j, al in enumerate(_l(d.get("aliases"))):
+            if isinstance(al, dict):
+                S.text(base + ("aliases", j, "name"), al.get("name"), s)
+    return probs
+
+
+def tag_problems(doc: Located) -> List[DefcError]:
+    probs = []
+    for i, d in enumerate(_l(_d(doc.data).get("definitions"))):
+        if not isinstance(d, dict):
+            continue
+        for j, t in enumerate(_l(d.get("tags"))):
+            p = ("definitions", i, "tags", j)
+            text = t.get("tag") if isinstance(t, dict) else t
+            if not isinstance(text, str):
+                continue
+            bad = tag_problem(text)
+            if bad:
+                probs.append(_err(bad[1], doc.where(p), field_name(p), bad[0]))
+            elif ":" in text and text.split(":", 1)[0] in SET_BY_DEFC:
+                ns = text.split(":", 1)[0]
+                probs.append(_err(f"tag {text!r}: defc writes {ns}: tags from the definition's "
+                                  f"{'own fields' if ns != 'model' else 'models'}; set "
+                                  f"{'`' + ns + ':`' if ns != 'model' else 'nothing'} instead",
+                                  doc.where(p), field_name(p), "warning"))
+    return probs
+
+
+def name_pattern_problems(doc: Located) -> List[DefcError]:
+    """Const axes whose value formula reads names the name pattern does not mention (syntactic part)."""
+    probs = []
+    for i, d in enumerate(_l(_d(doc.data).get("definitions"))):
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str):
+            continue
+        shown = {m.group(1).strip() for m in PLACEHOLDER.finditer(d["name"])}
+        for name, a in _d(d.get("axes")).items():
+            if not isinstance(a, dict) or "value" not in a:
+                continue
+            used, _ = _names(a["value"]) if isinstance(a["value"], str) else (set(), set())
+            if name in shown or not used or used <= shown:
+                continue
+            probs.append((i, name, a["value"]))
+    return probs   # (def index, axis, formula): confirmed against the catalogue by the render pass
+
+
+# ---------------------------------------------------------------------------------------------
+# templates
+
+def _find_template(name: str, dirs: Sequence[str]) -> Optional[str]:
+    for d in dirs:
+        p = os.path.join(d, name)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def _line_of(source: str, var: str) -> int:
+    pat = re.compile(r"(\{\{|\{%)[^}]*\b" + re.escape(var) + r"\b")
+    for n, line in enumerate(source.splitlines(), 1):
+        if pat.search(line):
+            return n
+    return 1
+
+
+def template_problems(doc: Located, dirs: Sequence[str]) -> List[DefcError]:
+    from jinja2 import TemplateSyntaxError, meta
+    from .render import environment
+    env = environment(tuple(dirs))
+    probs: List[DefcError] = []
+    seen: Set[Tuple[str, str]] = set()
+    for i, d in enumerate(_l(_d(doc.data).get("definitions"))):
+        if not isinstance(d, dict):
+            continue
+        ref = _d(d.get("reference"))
+        axes = _d(d.get("axes"))
+        const_axes = {k for k, a in axes.items()
+                      if isinstance(a, dict) and a.get("type", "const" if "value" in a else "var") == "const"}
+        jobs = []
+        if isinstance(ref.get("template"), str):
+            ctx = set(REFERENCE_CONTEXT) | set(_d(ref.get("params"))) | const_axes
+            jobs.append((("definitions", i, "reference", "template"), ref["template"], ctx))
+        tname = d.get("template", "definition.json.j2")
+        if isinstance(tname, str):
+            jobs.append((("definitions", i, "template"), tname, set(DEFINITION_CONTEXT)))
+        for path, tname, ctx in jobs:
+            found = _find_template(tname, dirs)
+            if found is None:
+                probs.append(_err(f"template '{tname}' not found in {', '.join(display_path(x) for x in dirs)}",
+                                  doc.where(path), field_name(path)))
+                continue
+            with open(found, encoding="utf-8") as fh:
+                source = fh.read()
+            try:
+                parsed = env.parse(source)
+            except TemplateSyntaxError as e:
+                key = (found, "syntax")
+                if key not in seen:
+                    seen.add(key)
+                    probs.append(_err(f"template syntax error: {e.message}",
+                                      Location(display_path(found), e.lineno or 1, 1)))
+                continue
+            for sub in meta.find_referenced_templates(parsed):
+                if isinstance(sub, str) and _find_template(sub, dirs) is None:
+                    probs.append(_err(f"includes template '{sub}', which does not exist",
+                                      Location(display_path(found), _line_of(source, sub), 1)))
+            missing = sorted(meta.find_undeclared_variables(parsed) - ctx - set(env.globals))
+            for var in missing:
+                key = (found, var)
+                if key in seen:
+                    continue
+                seen.add(key)
+                probs.append(_err(f"template variable '{var}' is not provided for definition '{d.get('id')}' "
+                                  f"(it sees: {', '.join(sorted(ctx))})",
+                                  Location(display_path(found), _line_of(source, var), 1)))
+    return probs
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering against the catalogue
+
+def has_top_level_run(source: str) -> Optional[str]:
+    """None when the source defines a top-level ``def run``; else what is wrong."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        return f"reference is not valid Python: {e.msg} (line {e.lineno})"
+    if any(isinstance(n, ast.FunctionDef) and n.name == "run" for n in tree.body):
+        return None
+    return "reference does not define a top-level function 'run'"
+
+
+def fib_definition_error(doc: Dict[str, Any]) -> Optional[str]:
+    """flashinfer_bench.data.Definition's verdict as one line (None when accepted)."""
+    try:
+        from flashinfer_bench.data import Definition
+    except Exception:   # flashinfer-bench missing: the other checks still run
+        return None
+    try:
+        Definition.model_validate(doc)
+    except Exception as e:  # pydantic ValidationError
+        errs = getattr(e, "errors", None)
+        if callable(errs):
+            parts = []
+            for x in errs():
+                loc = ".".join(str(p) for p in x.get("loc", ()))
+                parts.append(f"{loc + ': ' if loc else ''}{x.get('msg', '')}")
+            return "; ".join(parts)
+        return str(e).splitlines()[0]
+    return None
+
+
+def render_problems(doc: Located, spec_path: str, specs_dir: str, extra_templates: Sequence[str],
+                    models: Optional[Sequence[str]] = None, pattern_candidates=()) -> List[DefcError]:
+    """Compile the spec for every catalogue model (all quantizations) and check what comes out."""
+    from .coverage import NOWHERE, cached_inputs
+    from .models import catalogue_slugs
+    from .pipeline import CompileOptions, compile_model
+    from .render import template_dirs
+    probs: List[DefcError] = []
+    by_loc: Dict[str, List[str]] = {}
+    axis_values: Dict[Tuple[int, str], Set[int]] = {}
+    seen_names: Dict[str, Tuple[int, Dict[str, int]]] = {}
+    applied: Set[int] = set()
+    checked: Set[str] = set()
+    dirs = template_dirs(list(extra_templates))
+    with cached_inputs():
+        for slug in (models or catalogue_slugs()):
+            opts = CompileOptions(model=slug, specs=[spec_path], specs_dir=specs_dir, template_dirs=list(extra_templates),
+                                  out=NOWHERE, quantization=["all"])
+            try:
+                res = compile_model(opts)
+            except DefcErrors as e:
+                for x in e.errors:
+                    by_loc.setdefault(f"{x.location}|{x.field}", []).append(str(x))
+                continue
+            except DefcError as e:
+                by_loc.setdefault(f"{e.location}|{e.field}", []).append(str(e))
+                continue
+            for name, insts in res.instances.items():
+                for inst in insts:
+                    applied.add(inst.def_index)
+                    for ax, v in inst.const_axes.items():
+                        axis_values.setdefault((inst.def_index, ax), set()).add(v)
+                    prev = seen_names.get(name)
+                    if prev is None:
+                        seen_names[name] = (inst.def_index, dict(inst.const_axes), slug)
+                    elif prev[1] != inst.const_axes:
+                        diff = sorted(k for k in set(prev[1]) | set(inst.const_axes)
+                                      if prev[1].get(k) != inst.const_axes.get(k))
+                        p = ("definitions", inst.def_index, "name")
+                        key = f"{doc.where(p)}|name-collision|{name}"
+                        if key not in by_loc:
+                            by_loc[key] = [str(_err(
+                                f"'{name}' is produced for {prev[2]} and {slug} with different const axes "
+                                f"({', '.join(f'{k}={prev[1].get(k)} vs {inst.const_axes.get(k)}' for k in diff)}): "
+                                f"the name pattern must tell them apart", doc.where(p), "name", "warning"))]
+            for p in res.planned:
+                name = p.doc.get("name")
+                if name in checked:
+                    continue
+                checked.add(name)
+                inst = res.instances[name][0]
+                where = doc.where(("definitions", inst.def_index, "reference", "template"))
+                bad = has_top_level_run(p.doc.get("reference", ""))
+                if bad:
+                    probs.append(_err(f"{bad} (rendered for {name}, model {slug})", where,
+                                      field_name(("definitions", inst.def_index, "reference", "template"))))
+                    continue
+                verdict = fib_definition_error(p.doc)
+                if verdict:
+                    probs.append(_err(f"flashinfer_bench rejects the rendered {name} (model {slug}): {verdict}",
+                                      doc.where(("definitions", inst.def_index)),
+                                      field_name(("definitions", inst.def_index))))
+                for t in p.doc.get("tags") or []:
+                    bad = tag_problem(t)
+                    if bad:
+                        probs.append(_err(f"rendered tag of {name}: {bad[1]}", doc.where(("definitions", inst.def_index, "tags")),
+                                          field_name(("definitions", inst.def_index, "tags")), bad[0]))
+    compile_failed = any("|name-collision|" not in k for k in by_loc)
+    for key, msgs in by_loc.items():
+        first = msgs[0]
+        more = len(msgs) - 1
+        # keep the message as the compile API wrote it (already file:line:col: error: …)
+        probs.append(_Raw(first + (f" (and {more} more model{'s' if more > 1 else ''})" if more else "")))
+    for i, axis, formula in pattern_candidates:
+        vals = axis_values.get((i, axis), set())
+        if len(vals) > 1 or (i not in applied and not isinstance(formula, (int, float))):
+            p = ("definitions", i, "name")
+            seen_vals = f" (catalogue values: {', '.join(map(str, sorted(vals)))})" if vals else ""
+            probs.append(_err(f"name pattern does not mention const axis '{axis}' (value '{formula}'){seen_vals}; "
+                              f"two models that differ in it would get the same name", doc.where(p), "name", "warning"))
+    data = _d(doc.data)
+    for i, d in enumerate(_l(data.get("definitions"))):
+        if isinstance(d, dict) and i not in applied and not compile_failed:
+            p = ("definitions", i)
+            probs.append(_err(f"definition '{d.get('id')}' applies to no catalogue model, so its templates were not "
+                              f"rendered", doc.where(p), field_name(p), "warning"))
+    return probs
+
+
+class _Raw(DefcError):
+    """An already formatted problem line (kept verbatim)."""
+
+    def __init__(self, line: str):
+        sev = "warning" if re.search(r":\d+:\d+: warning: |^[^:]+: warning: ", line) else "error"
+        super().__init__(line, None, None, sev)
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.line
+
+
+# ---------------------------------------------------------------------------------------------
+# facts
+
+def facts_problems(doc: Located) -> List[DefcError]:
+    probs = list(schema_errors(doc, "model_facts.schema.json"))
+    data = _d(doc.data)
+    nesting = tuple(x for x in _l(data.get("nesting")) if isinstance(x, str))
+    known = set(_catalogue_fields(nesting)) | set(SERVING_SYMBOLS) | set(ALWAYS_KNOWN)
+    S = _Scope(doc, known, probs)
+    defined: Set[str] = set()
+    for name, alts in _d(data.get("facts")).items():
+        items = alts if isinstance(alts, list) else [alts]
+        for j, alt in enumerate(items):
+            p = ("facts", name, j) if isinstance(alts, list) else ("facts", name)
+            parts = []
+            if isinstance(alt, dict):
+                if "when" in alt:
+                    parts.append((p + ("when",), alt["when"]))
+                if "value" in alt:
+                    parts.append((p + ("value",), alt["value"]))
+            else:
+                parts.append((p, alt))
+            for q, src in parts:
+                try:
+                    F.parse(src)
+                except F.FormulaError as e:
+                    probs.append(_err(f"bad formula {src!r}: {e}", doc.where(q), field_name(q)))
+                    continue
+                # a fact's alternatives are tried in order: one no catalogue model can use is dead, not wrong
+                S.formula(q, src, known | defined, severity="warning")
+        defined.add(name)
+    return probs
+
+
+# ---------------------------------------------------------------------------------------------
+# driver
+
+def default_targets(specs_dir: str = SPECS_DIR) -> List[str]:
+    found = sorted(glob.glob(os.path.join(specs_dir, "*.yaml")))
+    facts = [p for p in found if os.path.basename(p) == MODEL_FACTS]
+    return facts + [p for p in found if not os.path.basename(p).startswith("_")]
+
+
+def lint(paths: Sequence[str] = (), specs_dir: str = SPECS_DIR, extra_templates: Sequence[str] = (),
+         models: Optional[Sequence[str]] = None, render: bool = True) -> List[DefcError]:
+    """Every problem of the given spec files (default: all specs and the model facts)."""
+    from .pipeline import spec_paths
+    from .render import template_dirs
+    targets: List[str] = []
+    if paths:
+        for p in paths:
+            if os.path.basename(p) == MODEL_FACTS or p == MODEL_FACTS[:-5]:
+                targets.append(p if os.path.exists(p) else os.path.join(specs_dir, MODEL_FACTS))
+            else:
+                targets.extend(spec_paths([p], specs_dir))
+    else:
+        targets = default_targets(specs_dir)
+        if not targets:
+            raise DefcError("no specs found", Location(display_path(specs_dir)))
+    dirs = template_dirs(list(extra_templates))
+    facts_path = os.path.join(specs_dir, MODEL_FACTS)
+    facts_doc = None
+    problems: List[DefcError] = []
+    facts_ok = True
+    try:
+        facts_doc = load_yaml(facts_path, "model facts")
+    except DefcError as e:
+        facts_ok = False
+        if any(os.path.abspath(t) == os.path.abspath(facts_path) for t in targets):
+            problems.append(e)
+    known = universe(facts_doc)
+    for path in targets:
+        if os.path.abspath(path) == os.path.abspath(facts_path) or os.path.basename(path) == MODEL_FACTS:
+            if facts_doc is not None:
+                fp = facts_problems(facts_doc)
+                facts_ok = facts_ok and not any(x.severity == "error" for x in fp)
+                problems.extend(fp)
+            continue
+        try:
+            doc = load_yaml(path, "spec")
+        except DefcError as e:
+            problems.append(e)
+            continue
+        errs, _ = spec_problems(doc)
+        problems.extend(errs)
+        sym = symbol_problems(doc, known)
+        problems.extend(sym)
+        problems.extend(tag_problems(doc))
+        tmpl = template_problems(doc, dirs)
+        problems.extend(tmpl)
+        candidates = name_pattern_problems(doc)
+        blocking = [x for x in errs + sym + tmpl if x.severity == "error"]
+        if render and not blocking and facts_ok:
+            problems.extend(render_problems(doc, path, specs_dir, extra_templates, models, candidates))
+        elif candidates:
+            for i, axis, formula in candidates:
+                p = ("definitions", i, "name")
+                problems.append(_err(f"name pattern does not mention const axis '{axis}' (value '{formula}')",
+                                     doc.where(p), "name", "warning"))
+    return _dedupe(problems)
+
+
+def _sort_key(e: DefcError):
+    if isinstance(e, _Raw):
+        m = re.match(r"^(.*?):(\d+):(\d+): ", e.line)
+        return (m.group(1), int(m.group(2)), int(m.group(3))) if m else (e.line, 0, 0)
+    loc = e.location
+    return (loc.file if loc else "", loc.line if loc else 0, loc.col if loc else 0)
+
+
+def _dedupe(problems: Iterable[DefcError]) -> List[DefcError]:
+    out, seen = [], set()
+    for p in problems:
+        s = str(p)
+        if s not in seen:
+            seen.add(s)
+            out.append(p)
+    out.sort(key=_sort_key)
+    return out

@@ -1,0 +1,71 @@
+"""``defc diff``: what defc predicts for a model vs what FlashInfer dumped (or a dataset holds)."""
+from __future__ import annotations
+
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("diff", help="compare compiled predictions with trace dumps or a dataset",
+                       description="Compile the model's definitions (nothing is written) and reconcile them with "
+                                   "FlashInfer dumps (a pass folder, a folder of pass folders such as tmp/dumps) or a "
+                                   "dataset: matched, renamed, missing (with the likely reason), unexpected, and "
+                                   "field-level differences. Exit 1 when anything is not matched.")
+    p.add_argument("paths", nargs="+", metavar="DUMP_DIR|DATASET")
+    p.add_argument("--model", required=True, help="catalogue slug, local config.json or model folder, or HF repo id")
+    p.add_argument("--config", metavar="PATH", help="a local config.json (the model keeps --model as its slug)")
+    p.add_argument("--tp", help="TP sizes to predict for, comma list (default: the passes' own, else the cookbook's)")
+    p.add_argument("--ep", help="EP sizes, comma list (default: the passes' own, else the cookbook's)")
+    p.add_argument("--quantization", help="quantization key(s) (default: the passes', else the model's own)")
+    p.add_argument("--specs", help="only these specs (family names or paths), comma list")
+    p.add_argument("--source", choices=["sglang", "replay", "flashinfer"],
+                   help="how the dumps were made, for folders without _defc_pass.json")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--all-diffs", action="store_true", help="list every field difference (default: 6 per pair)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from compiler.serving import parse_int_list
+    from defc.output import comma_list, emit_json, table
+    from runners.common import find_dump_sets
+    from runners.diff import compile_predictions, describe_diff, diff
+    sets = []
+    for path in args.paths:
+        sets.extend(find_dump_sets(path, args.model))
+    for ds in sets:
+        if args.source and ds.kind == "pass":
+            ds.source = args.source
+    tp = parse_int_list(args.tp, "--tp")
+    ep = parse_int_list(args.ep, "--ep")
+    markers = [ds.marker for ds in sets if ds.marker]
+    if tp is None and markers and all(m.get("tp") for m in markers):
+        tp = sorted({int(m["tp"]) for m in markers})
+        if ep is None:
+            ep = sorted({int(m.get("ep") or 1) for m in markers})
+    quant = comma_list(args.quantization)
+    if quant is None:
+        qs = sorted({m["quantization"] for m in markers if m.get("quantization")})
+        quant = qs or None
+    result = compile_predictions(args.model, tp, ep, quant, comma_list(args.specs) or (), config=args.config)
+    report = diff(result, sets)
+    if args.format == "json":
+        emit_json({"model": report.model, "tp": tp, "ep": ep, "sources": report.sources,
+                   "summary": report.summary(), "clean": report.clean, "rows": report.rows})
+    else:
+        print(f"defc diff: {report.model} ({', '.join(s.label() for s in result.servings)}) vs "
+              + "; ".join(report.sources))
+        table(["status", "op_type", "predicted", "dumped", "how / why"],
+              [[r["status"], r["op_type"], r["predicted"] or "-", r["dumped"] or "-", r["how"]] for r in report.rows])
+        with_diffs = [r for r in report.rows if r.get("diffs")]
+        if with_diffs:
+            print("\nfield differences (predicted vs dumped):")
+            for r in with_diffs:
+                print(f"  {r['predicted'] or '-'} ~ {r['dumped']}:")
+                ds = r["diffs"] if args.all_diffs else r["diffs"][:6]
+                for d in ds:
+                    print(f"    {describe_diff(d)}")
+                if len(r["diffs"]) > len(ds):
+                    print(f"    … {len(r['diffs']) - len(ds)} more (--all-diffs)")
+        s = report.summary()
+        print("\n" + ", ".join(f"{v} {k}" for k, v in s.items() if v or k == "matched"))
+    return 0 if report.clean else 1

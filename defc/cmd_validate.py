@@ -1,0 +1,48 @@
+"""``defc validate``: a dataset's definitions through flashinfer-bench and the newer validator's checks."""
+from __future__ import annotations
+
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("validate", help="validate a dataset's definitions (flashinfer-bench schema and more)",
+                       description="Check every DATASET/definitions/{op_type}/{name}.json with "
+                                   "flashinfer_bench.data.Definition and the checks of `flashinfer-bench validate` "
+                                   "(layout, dtypes, I/O overlap, reference, descriptions, tags, axes); optionally run "
+                                   "each reference on CPU. Prints [ERROR]/[WARNING] lines, writes a report under "
+                                   "DATASET/reports/ and exits 1 on any ERROR.")
+    p.add_argument("dataset", nargs="?", default=None, metavar="DATASET",
+                   help="dataset folder (default: tmp/flashinfer-trace)")
+    p.add_argument("--run-references", action="store_true",
+                   help="execute each reference on CPU for small var-axis values and check its outputs")
+    p.add_argument("--max-numel", type=int, default=None,
+                   help="skip a reference run whose tensors need more elements than this (default 67108864)")
+    p.add_argument("--op-types", help="only these op_types, comma list")
+    p.add_argument("--definitions", help="only these definition names, comma list")
+    p.add_argument("--report-dir", default=None, help="where to write the report (default: DATASET/reports)")
+    p.add_argument("--no-report", action="store_true", help="do not write a report file")
+    p.add_argument("--quiet", action="store_true", help="print only errors and the summary")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import os
+    from compiler.paths import DEFAULT_OUT
+    from compiler.validate import DEFAULT_MAX_NUMEL, validate_dataset, write_report
+    from defc.output import comma_list
+    root = args.dataset or DEFAULT_OUT
+    report = validate_dataset(root, run_references=args.run_references, op_types=comma_list(args.op_types),
+                              names=comma_list(args.definitions), max_numel=args.max_numel or DEFAULT_MAX_NUMEL)
+    for f in report.findings:
+        if args.quiet and f.level != "ERROR":
+            continue
+        print(str(f))
+    sys.stdout.flush()
+    line = report.summary()
+    if args.run_references:
+        line += f"; {report.ran} reference(s) run on CPU"
+    print(line)
+    if not args.no_report:
+        path = write_report(report, args.run_references, args.report_dir or os.path.join(root, "reports"))
+        print(f"report: {path}")
+    return 1 if report.errors else 0

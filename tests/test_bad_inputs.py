@@ -1,0 +1,164 @@
+"""The bad-input corpus: every case in tests/bad_inputs/ fails with exactly one clear line.
+
+Each case is a folder with ``case.yaml``::
+
+    # what the case is about
+    args: ["compile", "--specs-dir", "specs", "--out", "out", "--model", "llama-3.1-8b"]
+    facts: specs          # optional: copy the project's specs/_model_facts.yaml into this folder
+    env: {NAME: value}    # optional: environment for the run
+    env_paths: {NAME: p}  # optional: environment variables holding paths inside the case folder
+    expect: "defc: specs/probe.yaml:6:21: error: ..."
+
+and the input files the arguments name (specs, templates, config.json, cookbook YAMLs, and
+sometimes an ``out/`` dataset that must stay exactly as it is).  The case is copied into a
+temporary folder, which becomes the working directory, so paths in messages are relative to the
+case folder.  The run must exit non-zero, print exactly the expected line on stderr and no
+traceback, and leave every file of the folder (names, bytes and mtimes) as it was.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from compiler.paths import MODEL_FACTS, PROJECT_ROOT, SPECS_DIR
+from defc.cli import main
+
+CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bad_inputs")
+CASES = sorted(d for d in os.listdir(CORPUS) if os.path.isfile(os.path.join(CORPUS, d, "case.yaml")))
+# a few cases also run through a real `python -m defc.cli` process
+SUBPROCESS_CASES = ["formula_import_os", "template_cycler_globals", "name_dotdot", "config_non_utf8", "yaml_alias_bomb"]
+
+
+def load_case(name: str) -> dict:
+    from ruamel.yaml import YAML
+    with open(os.path.join(CORPUS, name, "case.yaml"), encoding="utf-8") as fh:
+        meta = YAML(typ="safe").load(fh)
+    assert isinstance(meta, dict) and isinstance(meta.get("args"), list) and isinstance(meta.get("expect"), str), name
+    return meta
+
+
+def prepare(name: str, work: str) -> dict:
+    """Copy a case into ``work`` (which must not exist) and return its case.yaml."""
+    meta = load_case(name)
+    shutil.copytree(os.path.join(CORPUS, name), work, symlinks=True)
+    os.unlink(os.path.join(work, "case.yaml"))
+    if meta.get("facts"):
+        dest = os.path.join(work, meta["facts"])
+        os.makedirs(dest, exist_ok=True)
+        shutil.copy(os.path.join(SPECS_DIR, MODEL_FACTS), dest)
+    return meta
+
+
+def snapshot(folder: str) -> dict:
+    """Every entry under folder: kind, size, mtime and content hash of files."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            p = os.path.join(root, d)
+            out[os.path.relpath(p, folder)] = ("dir",)
+        for f in files:
+            p = os.path.join(root, f)
+            st = os.lstat(p)
+            with open(p, "rb") as fh:
+                digest = hashlib.sha256(fh.read()).hexdigest()
+            out[os.path.relpath(p, folder)] = ("file", st.st_size, st.st_mtime_ns, digest)
+    return out
+
+
+def check_outcome(name, meta, code, out, err, before, after):
+    assert code != 0, f"{name}: exit code 0 (stdout: {out!r})"
+    assert "Traceback" not in err and "Traceback" not in out, f"{name}: a traceback reached the user:\n{err}"
+    lines = err.splitlines()
+    assert len(lines) == 1, f"{name}: stderr should be one line, got {len(lines)}:\n{err}"
+    assert lines[0] == meta["expect"], f"{name}:\n got: {lines[0]}\nwant: {meta['expect']}"
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(k for k in before if k in after and before[k] != after[k])
+    assert not (added or removed or changed), f"{name}: files changed: added {added}, removed {removed}, changed {changed}"
+
+
+def case_env(meta, work):
+    """``env`` as given; ``env_paths`` made absolute inside the case folder."""
+    env = {k: str(v) for k, v in (meta.get("env") or {}).items()}
+    env.update({k: os.path.join(work, str(v)) for k, v in (meta.get("env_paths") or {}).items()})
+    return env
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input(name, tmp_path, monkeypatch, capsys):
+    work = str(tmp_path / "case")
+    meta = prepare(name, work)
+    for k, v in case_env(meta, work).items():
+        monkeypatch.setenv(k, v)
+    if "HF_HUB_CACHE" in (meta.get("env_paths") or {}):
+        import huggingface_hub.constants as C
+        monkeypatch.setattr(C, "HF_HUB_CACHE", os.environ["HF_HUB_CACHE"])
+        monkeypatch.setattr(C, "HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE") == "1")
+    monkeypatch.chdir(work)
+    capsys.readouterr()
+    before = snapshot(work)
+    code = main(list(meta["args"]))
+    captured = capsys.readouterr()
+    check_outcome(name, meta, code, captured.out, captured.err, before, snapshot(work))
+
+
+def _subprocess_env(meta, work):
+    env = dict(os.environ)
+    env.pop("DEFC_DEBUG", None)
+    env["PYTHONPATH"] = PROJECT_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(case_env(meta, work))
+    return env
+
+
+@pytest.mark.parametrize("name", SUBPROCESS_CASES)
+def test_bad_input_in_a_real_process(name, tmp_path):
+    work = str(tmp_path / "case")
+    meta = prepare(name, work)
+    before = snapshot(work)
+    proc = subprocess.run([sys.executable, "-m", "defc.cli"] + list(meta["args"]), cwd=work, capture_output=True,
+                          text=True, env=_subprocess_env(meta, work), timeout=120)
+    check_outcome(name, meta, proc.returncode, proc.stdout, proc.stderr, before, snapshot(work))
+
+
+def test_corpus_is_large_and_every_case_has_a_note():
+    assert len(CASES) >= 60
+    for name in CASES:
+        with open(os.path.join(CORPUS, name, "case.yaml"), encoding="utf-8") as fh:
+            first = fh.readline()
+        assert first.startswith("# ") and len(first) > 5, f"{name}: case.yaml should start with a comment saying what it checks"
+        assert load_case(name)["expect"].startswith("defc: "), name
+
+
+@pytest.mark.parametrize("name", ["formula_import_os", "template_mro", "config_not_json"])
+def test_debug_shows_the_traceback(name, tmp_path, monkeypatch, capsys):
+    work = str(tmp_path / "case")
+    meta = prepare(name, work)
+    monkeypatch.chdir(work)
+    code = main(["--debug"] + list(meta["args"]))
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "Traceback (most recent call last)" in err
+    assert err.rstrip().splitlines()[-1] == meta["expect"]
+
+
+def test_internal_errors_are_one_line_without_debug(tmp_path, monkeypatch, capsys):
+    """A bug (not bad input) is still one line, pointing at --debug; with --debug, the traceback."""
+    import compiler.pipeline as P
+
+    def boom(opts):
+        raise RuntimeError("simulated bug")
+    monkeypatch.setattr(P, "compile_model", boom)
+    monkeypatch.chdir(tmp_path)
+    args = ["compile", "--model", "llama-3.1-8b", "--out", "out"]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["defc: internal error: RuntimeError: simulated bug (run with --debug for a traceback)"]
+    assert main(["--debug"] + args) == 3
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "simulated bug" in err
+    assert not os.path.exists(tmp_path / "out")

@@ -1,0 +1,375 @@
+"""gqa_paged / gqa_ragged: shapes per model and serving config, references against independent
+torch math and FlashInfer's own template references, agreement with FlashInfer's dumper."""
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import compile_defs, load_reference
+from fi_oracle import concrete_shape, const_axes, fi_trace, flashinfer, meta
+
+SPECS = ["gqa_paged", "gqa_ragged"]
+LN2 = math.log(2.0)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """compiled(model, **serving) -> {name: definition}, each call in its own output folder."""
+    import functools
+    from compiler import serving
+    cache = {}
+    # Reading the bundled cookbook snapshot costs ~1 s a compile; it does not change within a test run.
+    mp = pytest.MonkeyPatch()
+    mp.setattr(serving, "load_snapshot", functools.lru_cache(maxsize=None)(serving.load_snapshot))
+
+    def _c(model, **kw):
+        key = (model, json.dumps(kw, sort_keys=True))
+        if key not in cache:
+            out = tmp_path_factory.mktemp(model.replace(".", "_"))
+            cache[key] = compile_defs(out, model, specs=SPECS, **kw)
+        return cache[key]
+    yield _c
+    mp.undo()
+
+
+def names(docs, prefix=""):
+    return {n for n in docs if n.startswith(prefix)}
+
+
+def tags(doc):
+    return set(doc["tags"])
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes per model and serving configuration
+
+def test_llama_8b_tp1_is_the_curated_set(compiled):
+    docs = compiled("llama-3.1-8b")
+    assert set(docs) == {
+        "gqa_paged_decode_h32_kv8_d128_ps1", "gqa_paged_decode_h32_kv8_d128_ps64",
+        "gqa_paged_prefill_causal_h32_kv8_d128_ps1", "gqa_paged_prefill_causal_h32_kv8_d128_ps64",
+        "gqa_ragged_prefill_causal_h32_kv8_d128"}
+    d1, d64 = docs["gqa_paged_decode_h32_kv8_d128_ps1"], docs["gqa_paged_decode_h32_kv8_d128_ps64"]
+    assert "kv_last_page_len" not in d1["inputs"] and d64["inputs"]["kv_last_page_len"]["shape"] == ["batch_size"]
+    p1, p64 = docs["gqa_paged_prefill_causal_h32_kv8_d128_ps1"], docs["gqa_paged_prefill_causal_h32_kv8_d128_ps64"]
+    assert "batch_size" not in p1["axes"] and "kv_last_page_len" not in p1["inputs"]
+    assert p64["axes"]["batch_size"] == {"type": "var", "description": "Number of sequences in the batch."}
+    assert list(p64["inputs"]) == ["q", "k_cache", "v_cache", "qo_indptr", "kv_indptr", "kv_indices",
+                                   "kv_last_page_len", "sm_scale"]
+    assert {"stage:decode", "tp:1", "fi_api:flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper"} <= tags(d1)
+    assert {"stage:prefill", "fi_api:flashinfer.prefill.BatchPrefillWithPagedKVCacheWrapper"} <= tags(p1)
+    assert "fi_api:flashinfer.prefill.BatchPrefillWithRaggedKVCacheWrapper" in tags(
+        docs["gqa_ragged_prefill_causal_h32_kv8_d128"])
+    for d in docs.values():
+        assert d["inputs"]["sm_scale"] == {"shape": None, "dtype": "float32",
+                                           "description": "Softmax scale. Default is (1/sqrt(head_dim))."}
+        assert d["outputs"]["lse"]["dtype"] == "float32"
+        assert not any(t.startswith("dp:") for t in d["tags"])
+
+
+def test_qwen3_30b_cookbook(compiled):
+    docs = compiled("qwen3-30b-a3b")   # cookbook: tp1 (bf16 and fp8 rows)
+    assert names(docs) == {"gqa_paged_decode_h32_kv4_d128_ps1", "gqa_paged_decode_h32_kv4_d128_ps64",
+                           "gqa_paged_prefill_causal_h32_kv4_d128_ps1", "gqa_paged_prefill_causal_h32_kv4_d128_ps64",
+                           "gqa_ragged_prefill_causal_h32_kv4_d128"}
+
+
+def test_llama_70b_cookbook_tp4_with_dp_attention_row(compiled):
+    # the cookbook lists tp4 plain and tp4 with enable_dp_attention (dp 1): both give 64/4 heads
+    docs = compiled("llama-3.1-70b")
+    assert names(docs, "gqa_paged_decode") == {"gqa_paged_decode_h16_kv2_d128_ps1", "gqa_paged_decode_h16_kv2_d128_ps64"}
+    assert "gqa_ragged_prefill_causal_h16_kv2_d128" in docs
+    for d in docs.values():
+        assert "tp:4" in d["tags"] and not any(t.startswith("dp:") for t in d["tags"])
+
+
+def test_kv_heads_replicated_when_fewer_than_ranks(compiled):
+    docs = compiled("qwen3-235b-a22b")   # 64 q / 4 kv heads at tp 8
+    assert "gqa_paged_decode_h8_kv1_d128_ps1" in docs and "gqa_ragged_prefill_causal_h8_kv1_d128" in docs
+    assert all("tp:8" in d["tags"] for d in docs.values())
+
+
+def test_dp_attention_splits_heads_by_attention_tp(compiled):
+    docs = compiled("qwen3-235b-a22b", tp=[8], dp=[8])   # Qwen3-MoE: attn_tp = tp / dp = 1
+    assert "gqa_paged_decode_h64_kv4_d128_ps64" in docs
+    assert {"tp:8", "dp:8"} <= tags(docs["gqa_paged_decode_h64_kv4_d128_ps64"])
+    llama = compiled("llama-3.1-8b", tp=[2], dp=[2])      # Llama splits by tp even under DP-attention
+    assert "gqa_paged_decode_h16_kv4_d128_ps1" in llama
+
+
+def test_qwen3_next_full_attention_layers(compiled):
+    docs = compiled("qwen3-next-80b-a3b")   # cookbook tp2 and tp4; head_dim 256, 2 kv heads
+    assert names(docs, "gqa_paged_decode") == {
+        "gqa_paged_decode_h8_kv1_d256_ps1", "gqa_paged_decode_h8_kv1_d256_ps64",
+        "gqa_paged_decode_h4_kv1_d256_ps1", "gqa_paged_decode_h4_kv1_d256_ps64"}
+    assert {"tp:2"} <= tags(docs["gqa_paged_decode_h8_kv1_d256_ps1"])
+    assert {"tp:4"} <= tags(docs["gqa_paged_decode_h4_kv1_d256_ps1"])
+
+
+def test_hybrid_and_special_attention_models(compiled):
+    nemo = compiled("nemotron-h-8b")      # '*' layers; head size from attention_head_dim
+    assert "gqa_paged_decode_h32_kv8_d128_ps1" in nemo
+    gemma = compiled("gemma-3-27b")       # local (sliding 1024) and global layers
+    assert {"gqa_paged_decode_h32_kv16_d128_ps1", "gqa_paged_decode_h32_kv16_d128_ps1_swa1024",
+            "gqa_ragged_prefill_causal_h32_kv16_d128_swa1024"} <= set(gemma)
+    assert "sliding_window:1024" in tags(gemma["gqa_paged_decode_h32_kv16_d128_ps1_swa1024"])
+    assert "WINDOW_LEFT = 1023" in gemma["gqa_paged_decode_h32_kv16_d128_ps1_swa1024"]["reference"]
+    assert "WINDOW_LEFT = -1" in gemma["gqa_paged_decode_h32_kv16_d128_ps1"]["reference"]
+    oss = compiled("gpt-oss-20b")         # sinks on every layer, sliding 128 on half of them
+    assert names(oss, "gqa_paged_decode") == {
+        "gqa_paged_decode_h64_kv8_d64_ps1_sink", "gqa_paged_decode_h64_kv8_d64_ps64_sink",
+        "gqa_paged_decode_h64_kv8_d64_ps1_swa128_sink", "gqa_paged_decode_h64_kv8_d64_ps64_swa128_sink"}
+    assert not names(oss, "gqa_ragged")   # the ragged wrapper takes no sinks
+    assert oss["gqa_paged_decode_h64_kv8_d64_ps1_sink"]["inputs"]["sinks"]["shape"] == ["num_qo_heads"]
+    scout = compiled("llama-4-scout")     # chunked / NoPE layers share the plain kernel shapes
+    assert names(scout, "gqa_paged_decode") == {"gqa_paged_decode_h5_kv1_d128_ps1", "gqa_paged_decode_h5_kv1_d128_ps64"}
+    assert compiled("deepseek-v3") == {}  # MLA: not this family
+
+
+def test_every_definition_loads_in_flashinfer_bench(compiled):
+    from flashinfer_bench.data import Definition
+    seen = 0
+    for model, kw in [("llama-3.1-8b", {}), ("qwen3-30b-a3b", {}), ("llama-3.1-70b", {}),
+                      ("qwen3-235b-a22b", {}), ("qwen3-next-80b-a3b", {}), ("gpt-oss-20b", {}),
+                      ("gemma-3-27b", {}), ("qwen3-235b-a22b", {"tp": [8], "dp": [8]})]:
+        for d in compiled(model, **kw).values():
+            Definition(**d)
+            seen += 1
+    assert seen >= 40
+
+
+# ---------------------------------------------------------------------------------------------
+# references
+
+def paged_cache(kv_lens, page_size, num_kv_heads, head_dim, gen, spare_pages=3):
+    """A shuffled page pool holding each sequence's tokens; returns the cache, the page table and
+    the dense per-sequence K/V the table describes."""
+    pages_per_seq = [max(1, -(-n // page_size)) for n in kv_lens]
+    num_pages = sum(pages_per_seq) + spare_pages
+    k_cache = torch.randn(num_pages, page_size, num_kv_heads, head_dim, generator=gen).to(torch.bfloat16)
+    v_cache = torch.randn(num_pages, page_size, num_kv_heads, head_dim, generator=gen).to(torch.bfloat16)
+    perm = torch.randperm(num_pages, generator=gen)
+    indptr, indices, last, dense = [0], [], [], []
+    for n, p in zip(kv_lens, pages_per_seq):
+        ids = perm[indptr[-1]:indptr[-1] + p]
+        indices += ids.tolist()
+        indptr.append(indptr[-1] + p)
+        last.append(n - (p - 1) * page_size)
+        dense.append((k_cache[ids].reshape(-1, num_kv_heads, head_dim)[:n],
+                      v_cache[ids].reshape(-1, num_kv_heads, head_dim)[:n]))
+    i32 = lambda x: torch.tensor(x, dtype=torch.int32)
+    return k_cache, v_cache, i32(indptr), i32(indices), i32(last), dense
+
+
+def dense_attention(q, k, v, scale, window_left=-1, sinks=None):
+    """Independent per-sequence attention: q [n, Hq, D], k/v [L, Hkv, D]; causal aligned to the end.
+    Without sinks the output comes from torch's scaled_dot_product_attention; lse (base 2) and the
+    sink case from explicit float64 math."""
+    n, hq, d = q.shape
+    L, hkv, _ = k.shape
+    kk = k.double().repeat_interleave(hq // hkv, dim=1)
+    vv = v.double().repeat_interleave(hq // hkv, dim=1)
+    qpos = torch.arange(n)[:, None] + (L - n)
+    kpos = torch.arange(L)[None, :]
+    mask = kpos <= qpos
+    if window_left >= 0:
+        mask &= kpos >= qpos - window_left
+    scores = torch.einsum("nhd,lhd->hnl", q.double(), kk) * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    if sinks is None:
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.double().transpose(0, 1), kk.transpose(0, 1), vv.transpose(0, 1), attn_mask=mask, scale=scale)
+        out = out.transpose(0, 1)
+        lse = torch.logsumexp(scores, -1)
+    else:
+        full = torch.cat([scores, sinks.double()[:, None, None].expand(hq, n, 1)], -1)
+        p = torch.softmax(full, -1)[..., :L]
+        out = torch.einsum("hnl,lhd->nhd", p, vv)
+        lse = torch.logsumexp(full, -1)
+    return out, (lse / LN2).transpose(0, 1)
+
+
+def check(got, want_out, want_lse):
+    out, lse = got
+    assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
+    torch.testing.assert_close(out.double(), want_out.to(torch.bfloat16).double(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(lse.double(), want_lse, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ps", [1, 64])
+def test_paged_decode_reference(compiled, ps):
+    docs = compiled("qwen3-30b-a3b")
+    run = load_reference(docs[f"gqa_paged_decode_h32_kv4_d128_ps{ps}"])
+    gen = torch.Generator().manual_seed(ps)
+    kv_lens = [1, 70, 128, 5] if ps == 64 else [1, 9, 4]
+    k_cache, v_cache, indptr, indices, last, dense = paged_cache(kv_lens, ps, 4, 128, gen)
+    q = torch.randn(len(kv_lens), 32, 128, generator=gen).to(torch.bfloat16)
+    scale = 1 / math.sqrt(128)
+    args = [q, k_cache, v_cache, indptr, indices] + ([last] if ps > 1 else []) + [scale]
+    outs = [dense_attention(q[b:b + 1], k, v, scale) for b, (k, v) in enumerate(dense)]
+    check(run(*args), torch.cat([o for o, _ in outs]), torch.cat([l for _, l in outs]))
+    with pytest.raises(AssertionError):   # const axes are checked
+        run(q[:, :16], *args[1:])
+
+
+@pytest.mark.parametrize("ps", [1, 64])
+def test_paged_prefill_reference(compiled, ps):
+    docs = compiled("llama-3.1-8b")
+    run = load_reference(docs[f"gqa_paged_prefill_causal_h32_kv8_d128_ps{ps}"])
+    gen = torch.Generator().manual_seed(10 + ps)
+    kv_lens, qo_lens = ([3, 130, 64], [3, 5, 1]) if ps == 64 else ([6, 11], [6, 4])
+    k_cache, v_cache, indptr, indices, last, dense = paged_cache(kv_lens, ps, 8, 128, gen)
+    qo_indptr = torch.tensor([0] + list(torch.tensor(qo_lens).cumsum(0)), dtype=torch.int32)
+    q = torch.randn(sum(qo_lens), 32, 128, generator=gen).to(torch.bfloat16)
+    scale = 0.1
+    args = [q, k_cache, v_cache, qo_indptr, indptr, indices] + ([last] if ps > 1 else []) + [scale]
+    outs = [dense_attention(q[qo_indptr[b]:qo_indptr[b + 1]], k, v, scale) for b, (k, v) in enumerate(dense)]
+    check(run(*args), torch.cat([o for o, _ in outs]), torch.cat([l for _, l in outs]))
+
+
+def test_ragged_reference(compiled):
+    run = load_reference(compiled("llama-3.1-8b")["gqa_ragged_prefill_causal_h32_kv8_d128"])
+    gen = torch.Generator().manual_seed(3)
+    qo_lens, kv_lens = [4, 1, 7], [4, 9, 12]
+    q = torch.randn(sum(qo_lens), 32, 128, generator=gen).to(torch.bfloat16)
+    k = torch.randn(sum(kv_lens), 8, 128, generator=gen).to(torch.bfloat16)
+    v = torch.randn(sum(kv_lens), 8, 128, generator=gen).to(torch.bfloat16)
+    qi = torch.tensor([0, 4, 5, 12], dtype=torch.int32)
+    ki = torch.tensor([0, 4, 13, 25], dtype=torch.int32)
+    got = run(q, k, v, qi, ki, 0.09)
+    outs = [dense_attention(q[qi[b]:qi[b + 1]], k[ki[b]:ki[b + 1]], v[ki[b]:ki[b + 1]], 0.09) for b in range(3)]
+    check(got, torch.cat([o for o, _ in outs]), torch.cat([l for _, l in outs]))
+
+
+def test_sliding_window_and_sinks(compiled):
+    oss = compiled("gpt-oss-20b")
+    gen = torch.Generator().manual_seed(5)
+    kv_lens, qo_lens = [200, 7], [3, 7]
+    k_cache, v_cache, indptr, indices, last, dense = paged_cache(kv_lens, 64, 8, 64, gen)
+    qo_indptr = torch.tensor([0, 3, 10], dtype=torch.int32)
+    q = torch.randn(10, 64, 64, generator=gen).to(torch.bfloat16)
+    sinks = torch.randn(64, generator=gen) * 2
+    for name, window_left in [("gqa_paged_prefill_causal_h64_kv8_d64_ps64_sink", -1),
+                              ("gqa_paged_prefill_causal_h64_kv8_d64_ps64_swa128_sink", 127)]:
+        run = load_reference(oss[name])
+        got = run(q, k_cache, v_cache, qo_indptr, indptr, indices, last, sinks, 0.125)
+        outs = [dense_attention(q[qo_indptr[b]:qo_indptr[b + 1]], k, v, 0.125, window_left, sinks)
+                for b, (k, v) in enumerate(dense)]
+        check(got, torch.cat([o for o, _ in outs]), torch.cat([l for _, l in outs]))
+    # the window matters for the 200-token sequence, and the sink changes the result
+    full = load_reference(oss["gqa_paged_prefill_causal_h64_kv8_d64_ps64_sink"])(
+        q, k_cache, v_cache, qo_indptr, indptr, indices, last, sinks, 0.125)[1]
+    swa = load_reference(oss["gqa_paged_prefill_causal_h64_kv8_d64_ps64_swa128_sink"])(
+        q, k_cache, v_cache, qo_indptr, indptr, indices, last, sinks, 0.125)[1]
+    assert not torch.allclose(full[:3], swa[:3]) and torch.allclose(full[3:], swa[3:])
+    gemma = compiled("gemma-3-27b")
+    run = load_reference(gemma["gqa_ragged_prefill_causal_h32_kv16_d128_swa1024"])
+    L = 1100
+    qr = torch.randn(2, 32, 128, generator=gen).to(torch.bfloat16)
+    kr = torch.randn(L, 16, 128, generator=gen).to(torch.bfloat16)
+    vr = torch.randn(L, 16, 128, generator=gen).to(torch.bfloat16)
+    ind = lambda *x: torch.tensor(x, dtype=torch.int32)
+    got = run(qr, kr, vr, ind(0, 2), ind(0, L), 168 ** -0.5)
+    check(got, *dense_attention(qr, kr, vr, 168 ** -0.5, window_left=1023))
+
+
+def test_references_agree_with_flashinfer_template_references(compiled):
+    """FlashInfer's own template references (full pages only: they take no kv_last_page_len)."""
+    flashinfer()
+    from flashinfer.trace.templates import attention as fa
+    docs = compiled("qwen3-30b-a3b")
+    gen = torch.Generator().manual_seed(7)
+    for ps, kv_lens in [(1, [3, 8]), (64, [64, 128])]:
+        k_cache, v_cache, indptr, indices, last, _ = paged_cache(kv_lens, ps, 4, 128, gen)
+        q = torch.randn(2, 32, 128, generator=gen).to(torch.bfloat16)
+        ours = load_reference(docs[f"gqa_paged_decode_h32_kv4_d128_ps{ps}"])(
+            q, k_cache, v_cache, indptr, indices, *([last] if ps > 1 else []), 0.08)
+        theirs = fa._gqa_paged_decode_reference(q, k_cache, v_cache, indptr, indices, 0.08)
+        torch.testing.assert_close(ours[0], theirs[0], atol=1e-2, rtol=1e-2)
+        torch.testing.assert_close(ours[1], theirs[1], atol=1e-3, rtol=1e-4)
+        qo = torch.tensor([0, 2, 5], dtype=torch.int32)
+        q = torch.randn(5, 32, 128, generator=gen).to(torch.bfloat16)
+        ours = load_reference(docs[f"gqa_paged_prefill_causal_h32_kv4_d128_ps{ps}"])(
+            q, k_cache, v_cache, qo, indptr, indices, *([last] if ps > 1 else []), 0.08)
+        theirs = fa._gqa_paged_prefill_reference(q, k_cache, v_cache, qo, indptr, indices, 0.08)
+        torch.testing.assert_close(ours[0], theirs[0], atol=1e-2, rtol=1e-2)
+        torch.testing.assert_close(ours[1], theirs[1], atol=1e-3, rtol=1e-4)
+    k = torch.randn(12, 4, 128, generator=gen).to(torch.bfloat16)
+    v = torch.randn(12, 4, 128, generator=gen).to(torch.bfloat16)
+    qo, kvi = torch.tensor([0, 2, 5], dtype=torch.int32), torch.tensor([0, 5, 12], dtype=torch.int32)
+    ours = load_reference(docs["gqa_ragged_prefill_causal_h32_kv4_d128"])(q, k, v, qo, kvi, 0.08)
+    theirs = fa._gqa_ragged_prefill_reference(q, k, v, qo, kvi, 0.08)
+    torch.testing.assert_close(ours[0], theirs[0], atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(ours[1], theirs[1], atol=1e-3, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# agreement with FlashInfer's dumper (.fi_trace of the wrappers' run)
+
+WRAPPERS = {
+    "decode": "flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper.run",
+    "prefill": "flashinfer.prefill.BatchPrefillWithPagedKVCacheWrapper.run",
+    "ragged": "flashinfer.prefill.BatchPrefillWithRaggedKVCacheWrapper.run",
+}
+
+
+@pytest.mark.parametrize("model,kw", [("llama-3.1-8b", {}), ("qwen3-235b-a22b", {}), ("qwen3-next-80b-a3b", {"tp": [2]})])
+def test_agrees_with_fi_trace(compiled, model, kw):
+    docs = compiled(model, **kw)
+    checked = 0
+    for name, ours in docs.items():
+        if "_swa" in name or "_sink" in name:
+            continue
+        ax = const_axes(ours)
+        h, kv, d = ax["num_qo_heads"], ax["num_kv_heads"], ax["head_dim"]
+        ps = ax.get("page_size")
+        kind = "ragged" if ours["op_type"] == "gqa_ragged" else "decode" if "_decode_" in name else "prefill"
+        n = 7
+        kwargs = {"q": meta((n, h, d), "bfloat16")}
+        if kind == "ragged":
+            kwargs.update(k=meta((20, kv, d), "bfloat16"), v=meta((20, kv, d), "bfloat16"))
+        else:
+            kwargs["paged_kv_cache"] = (meta((11, ps, kv, d), "bfloat16"), meta((11, ps, kv, d), "bfloat16"))
+        theirs = fi_trace(WRAPPERS[kind], **kwargs)
+        # same op, same const axes, and (our) alias is their name
+        assert theirs["op_type"] == ours["op_type"]
+        assert const_axes(theirs) == ax
+        alias = {"decode": name, "prefill": name.replace("_prefill_causal_", "_prefill_"),
+                 "ragged": name.replace("_prefill_causal_", "_")}[kind]
+        assert theirs["name"] == alias
+        assert f"fi_api:{WRAPPERS[kind][:-4]}" in ours["tags"]
+        # tensors: same shapes; the documented differences only
+        ti, oi = theirs["inputs"], ours["inputs"]
+        extra_theirs = set(ti) - set(oi)
+        extra_ours = set(oi) - set(ti)
+        assert extra_theirs == {"return_lse"}                         # dumper's scalar flag
+        assert extra_ours == ({"kv_last_page_len"} if (ps or 1) > 1 else set())   # not in its template
+        if kind == "prefill" and ps > 1:
+            assert set(ours["axes"]) - set(theirs["axes"]) == {"batch_size"}
+        else:
+            assert set(ours["axes"]) == set(theirs["axes"])
+        sizes = {"batch_size": n, "total_q": n, "num_pages": 11, "total_kv": 20}
+        for k in set(ti) & set(oi):
+            assert ti[k]["shape"] == oi[k]["shape"], k
+            if k in ("kv_indptr", "kv_indices", "qo_indptr"):
+                assert ti[k]["dtype"] == "unknown" and oi[k]["dtype"] == "int32"   # plan() tensors
+            else:
+                assert ti[k]["dtype"] == oi[k]["dtype"], k
+                assert concrete_shape(theirs, ti[k], sizes) == concrete_shape(ours, oi[k], sizes)
+        for k in ("output", "lse"):
+            assert theirs["outputs"][k]["shape"] == ours["outputs"][k]["shape"]
+            assert theirs["outputs"][k]["dtype"] == ours["outputs"][k]["dtype"]
+        checked += 1
+    assert checked == 5
+
+
+def test_fi_trace_with_plan_tensors_gives_int32(compiled):
+    """Passing the plan-time index tensors to the dumper fills in their dtype: int32, as ours."""
+    ours = compiled("llama-3.1-8b")["gqa_paged_decode_h32_kv8_d128_ps64"]
+    theirs = fi_trace(WRAPPERS["decode"], q=meta((3, 32, 128), "bfloat16"),
+                      paged_kv_cache=(meta((9, 64, 8, 128), "bfloat16"), meta((9, 64, 8, 128), "bfloat16")),
+                      kv_indptr=meta((4,), "int32"), kv_indices=meta((6,), "int32"))
+    for k in ("kv_indptr", "kv_indices"):
+        assert theirs["inputs"][k]["dtype"] == ours["inputs"][k]["dtype"] == "int32"
+    assert theirs["constraints"] == ours["constraints"]

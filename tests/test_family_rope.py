@@ -1,0 +1,160 @@
+"""rope family: style and rotary width per model, the reference against independent rotations and
+FlashInfer's template reference, and agreement with the dumper's definition."""
+import pytest
+import torch
+
+from fi_oracle import fi_trace, flashinfer, meta
+
+EXPECTED = {  # model -> the one rope definition it needs
+    "llama-3.1-8b": "rope_with_cos_sin_cache_neox_style_d128_rd128",
+    "qwen3-8b": "rope_with_cos_sin_cache_neox_style_d128_rd128",
+    "gpt-oss-20b": "rope_with_cos_sin_cache_neox_style_d64_rd64",
+    "deepseek-v3": "rope_with_cos_sin_cache_gptj_style_d64_rd64",      # MLA: rope part only, interleaved
+    "kimi-k2": "rope_with_cos_sin_cache_gptj_style_d64_rd64",
+    "glm-4.6": "rope_with_cos_sin_cache_neox_style_d128_rd64",         # partial_rotary_factor 0.5
+    "qwen3-next-80b-a3b": "rope_with_cos_sin_cache_neox_style_d256_rd64",  # partial_rotary_factor 0.25
+    "minimax-m2": "rope_with_cos_sin_cache_neox_style_d128_rd64",      # rotary_dim 64
+}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    from compiler.pipeline import CompileOptions, compile_model
+    out = {}
+    for model in list(EXPECTED) + ["nemotron-h-8b"]:
+        res = compile_model(CompileOptions(model=model, specs=["rope"], tp=[1], out=str(tmp_path_factory.mktemp(model))))
+        out[model] = ({p.doc["name"]: p.doc for p in res.planned},
+                      {n: insts[0].aliases for n, insts in res.instances.items()})
+    return out
+
+
+def load(defn):
+    ns = {}
+    exec(compile(defn["reference"], f"<{defn['name']}>", "exec"), ns)  # the project's own generated code
+    return ns["run"]
+
+
+def test_style_and_rotary_dim_per_model(compiled):
+    from flashinfer_bench.data import Definition
+    for model, name in EXPECTED.items():
+        docs = compiled[model][0]
+        assert list(docs) == [name], model
+        d = docs[name]
+        Definition(**d)
+        assert d["op_type"] == "rope"
+        assert "fi_api:flashinfer.rope.apply_rope_with_cos_sin_cache" in d["tags"]
+        assert {k: v["type"] for k, v in d["axes"].items()} == {
+            "num_tokens": "var", "num_qo_heads": "var", "num_kv_heads": "var", "max_seq_len": "var",
+            "head_size": "const", "rotary_dim": "const"}
+        assert d["inputs"]["cos_sin_cache"] == {"shape": ["max_seq_len", "rotary_dim"], "dtype": "float32",
+                                                "description": d["inputs"]["cos_sin_cache"]["description"]}
+        assert d["inputs"]["positions"]["dtype"] == "int64"
+        assert list(d["outputs"]) == ["q_out", "k_out"]
+    # NemotronH's attention has no rotary embedding
+    assert compiled["nemotron-h-8b"][0] == {}
+
+
+def cos_sin_cache(max_pos, rotary_dim, base=10000.0):
+    inv_freq = 1.0 / base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)
+    angles = torch.arange(max_pos, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    return torch.cat([angles.cos(), angles.sin()], dim=-1).float()
+
+
+def neox_rotation(x, cache, pos, rd):
+    """HF-style rotate_half on the first rd dims (independent of the reference's code path)."""
+    half = rd // 2
+    c, s = cache[pos, :half], cache[pos, half:]
+    cos = torch.cat([c, c], -1)[:, None, :]
+    sin = torch.cat([s, s], -1)[:, None, :]
+    xr = x[..., :rd].double()
+    rotated = torch.cat([-xr[..., half:], xr[..., :half]], -1)
+    return torch.cat([xr * cos + rotated * sin, x[..., rd:].double()], -1)
+
+
+def gptj_rotation(x, cache, pos, rd):
+    """Interleaved pairs as complex numbers times e^{i*theta}."""
+    half = rd // 2
+    theta = torch.complex(cache[pos, :half].double(), cache[pos, half:].double())[:, None, :]
+    xr = torch.view_as_complex(x[..., :rd].double().reshape(*x.shape[:-1], half, 2).contiguous())
+    out = torch.view_as_real(xr * theta).reshape(*x.shape[:-1], rd)
+    return torch.cat([out, x[..., rd:].double()], -1)
+
+
+@pytest.mark.parametrize("model", ["llama-3.1-8b", "deepseek-v3", "glm-4.6", "qwen3-next-80b-a3b"])
+def test_reference_rotates_like_independent_math_and_flashinfer(compiled, model):
+    flashinfer()
+    from flashinfer.trace.templates.rope import _apply_rope_with_cos_sin_cache_reference as fi_ref
+    d = compiled[model][0][EXPECTED[model]]
+    run = load(d)
+    hd, rd = d["axes"]["head_size"]["value"], d["axes"]["rotary_dim"]["value"]
+    neox = "neox" in d["name"]
+    g = torch.Generator().manual_seed(7)
+    T, H, KV, S = 9, 4, 2, 64
+    q = torch.randn(T, H, hd, generator=g).to(torch.bfloat16)
+    k = torch.randn(T, KV, hd, generator=g).to(torch.bfloat16)
+    cache = cos_sin_cache(S, rd)
+    pos = torch.randint(0, S, (T,), generator=g)
+    q_out, k_out = run(q, k, cache, pos)
+    assert q_out.shape == q.shape and k_out.shape == k.shape and q_out.dtype == torch.bfloat16
+    rot = neox_rotation if neox else gptj_rotation
+    torch.testing.assert_close(q_out.double(), rot(q, cache, pos, rd), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(k_out.double(), rot(k, cache, pos, rd), atol=2e-2, rtol=2e-2)
+    # the pass-through part is untouched, and rotation keeps pair norms
+    assert torch.equal(q_out[..., rd:], q[..., rd:])
+    # FlashInfer's own template reference (flattened [tokens, heads * head_size], style as a flag)
+    fq, fk = fi_ref(pos, q.reshape(T, -1), k.reshape(T, -1), hd, cache, is_neox=neox)
+    torch.testing.assert_close(q_out, fq.reshape(q.shape), atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(k_out, fk.reshape(k.shape), atol=1e-2, rtol=1e-2)
+    # position 0 is the identity
+    zero = torch.zeros(T, dtype=torch.int64)
+    q0, _ = run(q, k, cache, zero)
+    torch.testing.assert_close(q0, q)
+    with pytest.raises(AssertionError):
+        run(q[..., :-2], k, cache, pos)
+
+
+@pytest.mark.parametrize("model", ["llama-3.1-8b", "deepseek-v3", "qwen3-next-80b-a3b"])
+def test_agrees_with_flashinfer_dumper(compiled, model):
+    docs, aliases = compiled[model]
+    name = EXPECTED[model]
+    ours = docs[name]
+    hd, rd = ours["axes"]["head_size"]["value"], ours["axes"]["rotary_dim"]["value"]
+    T, H, KV, S = 5, 8, 2, 4096
+    theirs = fi_trace("flashinfer.rope.apply_rope_with_cos_sin_cache",
+                      positions=meta((T,), "int64"), query=meta((T, H * hd), "bfloat16"),
+                      key=meta((T, KV * hd), "bfloat16"), head_size=hd,
+                      cos_sin_cache=meta((S, rd), "float32"), is_neox="neox" in name)
+    ca = {k: v.get("value") for k, v in theirs["axes"].items() if v["type"] == "const"}
+    # same op, same fixed head size and rotary width; the cache and positions match exactly
+    assert theirs["op_type"] == ours["op_type"]
+    assert ca["head_size"] == hd and ca["rotary_dim"] == rd
+    for t in ("positions", "cos_sin_cache"):
+        assert theirs["inputs"][t]["dtype"] == ours["inputs"][t]["dtype"]
+    assert theirs["inputs"]["cos_sin_cache"]["shape"] == ours["inputs"]["cos_sin_cache"]["shape"]
+    # deliberate differences (spec notes + aliases): the dumper's name has no style / rotary dim,
+    # q and k are flattened to [nnz, heads * head_size] with the products as const axes
+    assert theirs["name"] == f"rope_cos_sin_cache_d{hd}"
+    assert theirs["name"] in [a["name"] for a in aliases[name]]
+    assert ca["num_q_heads_x_head_size"] == H * hd and ca["num_k_heads_x_head_size"] == KV * hd
+    assert theirs["inputs"]["query"]["dtype"] == ours["inputs"]["q"]["dtype"]
+    assert ours["axes"]["num_qo_heads"]["type"] == "var"
+    inplace = fi_trace("flashinfer.rope.apply_rope_with_cos_sin_cache_inplace",
+                       positions=meta((T,), "int64"), query=meta((T, H * hd), "bfloat16"),
+                       key=meta((T, KV * hd), "bfloat16"), head_size=hd,
+                       cos_sin_cache=meta((S, rd), "float32"), is_neox="neox" in name)
+    assert inplace["name"] in [a["name"] for a in aliases[name]]
+
+
+def test_zero_rotary_width_is_a_one_line_error(tmp_path):
+    import json
+    from compiler.errors import DefcError
+    from compiler.pipeline import CompileOptions, compile_model
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+           "rotary_dim": 0}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(DefcError) as e:
+        compile_model(CompileOptions(config=str(path), specs=["rope"], out=str(tmp_path / "o")))
+    msg = str(e.value)
+    assert "\n" not in msg and "rope.yaml" in msg and "rotary_dim" in msg
