@@ -71,11 +71,25 @@ def cached_inputs() -> Iterator[None]:
             book_cache[k] = orig_read(root)
         return book_cache[k]
 
+    from . import models
+    entry_cache: Dict[Tuple[str, float], Any] = {}
+    orig_entry = models.load_catalogue_entry
+
+    def load_catalogue_entry(slug):
+        p = os.path.join(models.catalogue_dir(), f"{slug}.yaml")
+        k = (p, _mtime(p))
+        if k not in entry_cache:
+            entry_cache[k] = orig_entry(slug)
+        e = entry_cache[k]
+        return type(e)(**{**vars(e), "config": e.config, "cookbook_model_paths": list(e.cookbook_model_paths)})
+
     pipeline.load_specs, serving.load_snapshot, serving.read_cookbook = load_specs, load_snapshot, read_cookbook
+    models.load_catalogue_entry = load_catalogue_entry
     try:
         yield
     finally:
         pipeline.load_specs, serving.load_snapshot, serving.read_cookbook = orig_load_specs, orig_snapshot, orig_read
+        models.load_catalogue_entry = orig_entry
 
 
 def usable_specs(specs: Sequence[str] = (), specs_dir: str = SPECS_DIR) -> Tuple[List[str], List[DefcError]]:
@@ -413,7 +427,7 @@ def matrix_markdown(preds: List[ModelPrediction], title: bool = True) -> str:
         cells = [str(counts.get((m, f), 0) or "·") for f in families]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {sum(counts.get((m, f), 0) for f in families)} |")
     totals = [sum(counts.get((m, f), 0) for m in models) for f in families]
-    lines.append("| **all models** | " + " | ".join(str(t) for t in totals) + f" | {sum(totals)} |")
+    lines.append("| **sum** | " + " | ".join(str(t) for t in totals) + f" | {sum(totals)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -54,6 +54,11 @@ class Instance:
         return {k: v["value"] for k, v in self.axes.items() if v.get("type") == "const"}
 
 
+# env key (unreachable from formulas and placeholders: names may not start with '_') recording,
+# for each let that could not be computed, the undefined name it read
+UNDEFINED_LETS = "_undefined_lets"
+
+
 def fmt_value(v: Any) -> str:
     if isinstance(v, sympy.Basic):
         v = F.to_python(v)
@@ -66,7 +71,7 @@ def substitute(text: str, env: Dict[str, Any], where) -> str:
     """Fill ``{name}`` placeholders from env; an unknown or undefined name is a located error."""
     def rep(m):
         key = m.group(1).strip()
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+        if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", key):
             raise DefcError(f"bad placeholder '{{{m.group(1)}}}' in {text!r}", *where)
         v = env.get(key)
         if v is None:
@@ -100,24 +105,47 @@ class Evaluator:
                 raise DefcError(f"bad formula: {e}", *self._where(spec, path)) from None
         return f
 
+    @staticmethod
+    def _missing(name: str, env: Dict[str, Any]) -> str:
+        """The undefined name behind ``name``: a let that could not be computed points at the
+        field it lacked (``'k' (a let: needs 'hidden_size')``)."""
+        why = env.get(UNDEFINED_LETS) or {}
+        chain = []
+        while name in why and env.get(name) is None and name not in chain:
+            chain.append(name)
+            name = why[name]
+        if not chain:
+            return f"'{name}'"
+        return f"'{chain[0]}' (a let, undefined because it needs '{name}')"
+
+    def _let(self, spec, path, name, text, env, ctx) -> None:
+        """Bind a let; one that reads an undefined name stays undefined (an error only where it is
+        used, and that error names the missing field)."""
+        f = self._formula(spec, path, text)
+        try:
+            env[name] = f.evaluate(env)
+        except F.UndefinedSymbol as e:
+            env[name] = None
+            env[UNDEFINED_LETS] = {**(env.get(UNDEFINED_LETS) or {}), name: e.name}
+        except F.FormulaError as e:
+            raise DefcError(f"'{f.source}': {e} ({ctx})", *self._where(spec, path)) from None
+
     def _truth(self, spec, path, text, env, ctx) -> bool:
         f = self._formula(spec, path, text)
         try:
             return F.truth(f, env)
         except F.UndefinedSymbol as e:
-            raise DefcError(f"'{f.source}' reads '{e.name}', which {ctx} does not define "
+            raise DefcError(f"'{f.source}' reads {self._missing(e.name, env)}, which {ctx} does not define "
                             f"(guard it with defined({e.name}))", *self._where(spec, path)) from None
         except F.FormulaError as e:
             raise DefcError(f"'{f.source}': {e} ({ctx})", *self._where(spec, path)) from None
 
-    def _value(self, spec, path, text, env, ctx, lenient=False):
+    def _value(self, spec, path, text, env, ctx):
         f = self._formula(spec, path, text)
         try:
             return f.evaluate(env)
         except F.UndefinedSymbol as e:
-            if lenient:
-                return None
-            raise DefcError(f"'{f.source}' needs '{e.name}', which {ctx} does not define",
+            raise DefcError(f"'{f.source}' needs {self._missing(e.name, env)}, which {ctx} does not define",
                             *self._where(spec, path)) from None
         except F.FormulaError as e:
             raise DefcError(f"'{f.source}': {e} ({ctx})", *self._where(spec, path)) from None
@@ -127,8 +155,8 @@ class Evaluator:
         try:
             return F.positive_int(f, env)
         except F.UndefinedSymbol as e:
-            raise DefcError(f"axis '{axis}': '{f.source}' needs config field '{e.name}', which {ctx} does not have",
-                            *self._where(spec, path)) from None
+            raise DefcError(f"axis '{axis}': '{f.source}' needs config field {self._missing(e.name, env)}, "
+                            f"which {ctx} does not have", *self._where(spec, path)) from None
         except F.FormulaError as e:
             msg = str(e) if f.source in str(e) else f"'{f.source}': {e}"
             raise DefcError(f"axis '{axis}': {msg} for {ctx}", *self._where(spec, path)) from None
@@ -157,7 +185,7 @@ class Evaluator:
         if "requires" in data and not self._truth(spec, ("requires",), data["requires"], env0, ctx0):
             return out
         for k, v in (data.get("let") or {}).items():
-            env0[k] = self._value(spec, ("let", k), v, env0, ctx0, lenient=True)
+            self._let(spec, ("let", k), k, v, env0, ctx0)
         for i, d in enumerate(spec.definitions):
             base = ("definitions", i)
             for q in self.quant_variants(d, serving, default_quant):
@@ -174,13 +202,13 @@ class Evaluator:
                         env.update(zip(names, combo))
                         cpath = base + ("cases", ci)
                         for k, v in (case.get("let") or {}).items():
-                            env[k] = self._value(spec, cpath + ("let", k), v, env, ctx, lenient=True)
+                            self._let(spec, cpath + ("let", k), k, v, env, ctx)
                         if "label" in case:
                             env["label"] = case["label"]
                         if "when" in case and not self._truth(spec, cpath + ("when",), case["when"], env, ctx):
                             continue
                         for k, v in (d.get("let") or {}).items():
-                            env[k] = self._value(spec, base + ("let", k), v, env, ctx, lenient=True)
+                            self._let(spec, base + ("let", k), k, v, env, ctx)
                         if "when" in d and not self._truth(spec, base + ("when",), d["when"], env, ctx):
                             continue
                         out.append(self._instance(spec, i, d, env, serving, q or own_q, ctx))

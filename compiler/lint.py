@@ -278,21 +278,32 @@ def tag_problems(doc: Located) -> List[DefcError]:
     return probs
 
 
-def name_pattern_problems(doc: Located) -> List[DefcError]:
-    """Const axes whose value formula reads names the name pattern does not mention (syntactic part)."""
-    probs = []
+def name_pattern_problems(doc: Located) -> List[Tuple[int, str, Any]]:
+    """Const axes the name pattern does not determine (syntactic part).
+
+    An axis is determined when the pattern mentions it, or when every name its value formula reads is
+    determined: a mentioned placeholder, a single-valued sweep, or another determined const axis."""
+    out = []
     for i, d in enumerate(_l(_d(doc.data).get("definitions"))):
         if not isinstance(d, dict) or not isinstance(d.get("name"), str):
             continue
-        shown = {m.group(1).strip() for m in PLACEHOLDER.finditer(d["name"])}
+        known = {m.group(1).strip() for m in PLACEHOLDER.finditer(d["name"])}
+        known |= {k for k, v in _d(d.get("sweep")).items() if isinstance(v, list) and len(v) == 1}
+        consts = {}
         for name, a in _d(d.get("axes")).items():
-            if not isinstance(a, dict) or "value" not in a:
-                continue
-            used, _ = _names(a["value"]) if isinstance(a["value"], str) else (set(), set())
-            if name in shown or not used or used <= shown:
-                continue
-            probs.append((i, name, a["value"]))
-    return probs   # (def index, axis, formula): confirmed against the catalogue by the render pass
+            if isinstance(a, dict) and "value" in a:
+                consts[name] = _names(a["value"])[0] if isinstance(a["value"], str) else set()
+        changed = True
+        while changed:
+            changed = False
+            for name, used in consts.items():
+                if name not in known and used <= known:
+                    known.add(name)
+                    changed = True
+        for name, used in consts.items():
+            if name not in known:
+                out.append((i, name, _d(d.get("axes"))[name]["value"]))
+    return out   # (def index, axis, formula): confirmed against the catalogue by the render pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,79 +412,130 @@ def fib_definition_error(doc: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+class _OneDefinition(Located):
+    """A view of a spec document in which definition ``index`` is definition 0 (errors keep the real path)."""
+
+    def __init__(self, doc: Located, index: int):
+        super().__init__(doc.file, doc.data, doc.positions)
+        self.index = index
+
+    def where(self, path=()):
+        path = tuple(path)
+        if path[:2] == ("definitions", 0):
+            path = ("definitions", self.index) + path[2:]
+        return Located.where(self, path)
+
+
+def _per_definition_specs(spec):
+    """One single-definition Spec per definition, so that one failing definition hides no other."""
+    from .check import Spec
+    out = []
+    for i, d in enumerate(spec.definitions):
+        base = ("definitions", i)
+        formulas = {("definitions", 0) + k[2:]: v for k, v in spec.formulas.items() if k[:2] == base}
+        formulas.update({k: v for k, v in spec.formulas.items() if k[0] != "definitions"})
+        out.append(Spec(path=spec.path, doc=_OneDefinition(spec.doc, i), family=spec.family, definitions=[d],
+                        formulas=formulas))
+    return out
+
+
+def _structure(inst) -> str:
+    import json
+    axes = {k: (a.get("type"), a.get("value")) for k, a in inst.axes.items()}
+    tensors = [{k: (t.get("shape"), t.get("dtype"), bool(t.get("optional"))) for k, t in sect.items()}
+               for sect in (inst.inputs, inst.outputs)]
+    return json.dumps([inst.op_type, axes, tensors, inst.constraints], sort_keys=True, default=str)
+
+
 def render_problems(doc: Located, spec_path: str, specs_dir: str, extra_templates: Sequence[str],
                     models: Optional[Sequence[str]] = None, pattern_candidates=()) -> List[DefcError]:
-    """Compile the spec for every catalogue model (all quantizations) and check what comes out."""
-    from .coverage import NOWHERE, cached_inputs
-    from .models import catalogue_slugs
-    from .pipeline import CompileOptions, compile_model
-    from .render import template_dirs
+    """Evaluate and render each definition for every catalogue model (all quantization variants)."""
+    from .check import load_spec
+    from .coverage import cached_inputs
+    from .evaluate import Evaluator
+    from .facts import load_facts, model_env, quant_key
+    from .models import catalogue_slugs, resolve_model
+    from .pipeline import CompileOptions, servings_for
+    from .render import render, template_dirs
+    from .serving import Serving
     probs: List[DefcError] = []
     by_loc: Dict[str, List[str]] = {}
     axis_values: Dict[Tuple[int, str], Set[int]] = {}
-    seen_names: Dict[str, Tuple[int, Dict[str, int]]] = {}
+    first_of: Dict[str, Tuple[int, str, str, Dict[str, int]]] = {}
     applied: Set[int] = set()
-    checked: Set[str] = set()
+    rendered: Set[str] = set()
     dirs = template_dirs(list(extra_templates))
+
+    def record(e: DefcError, key_extra: str = ""):
+        errs = e.errors if isinstance(e, DefcErrors) else [e]
+        for x in errs:
+            by_loc.setdefault(f"{x.location}|{x.field}|{key_extra}", []).append(str(x))
+
+    try:
+        spec = load_spec(spec_path)
+        facts = load_facts(specs_dir)
+    except DefcError as e:
+        record(e)
+        spec = None
     with cached_inputs():
-        for slug in (models or catalogue_slugs()):
-            opts = CompileOptions(model=slug, specs=[spec_path], specs_dir=specs_dir, template_dirs=list(extra_templates),
-                                  out=NOWHERE, quantization=["all"])
+        for slug in (models or catalogue_slugs()) if spec is not None else ():
             try:
-                res = compile_model(opts)
-            except DefcErrors as e:
-                for x in e.errors:
-                    by_loc.setdefault(f"{x.location}|{x.field}", []).append(str(x))
-                continue
+                model = resolve_model(slug)
+                servings, _ = servings_for(model, CompileOptions(model=slug, quantization=["all"], specs_dir=specs_dir),
+                                           facts)
+                probe = model_env(model.config, Serving().symbols(), facts, model.slug, model.origin)
+                default_quant = quant_key(facts, probe.get("quant_method"))
             except DefcError as e:
-                by_loc.setdefault(f"{e.location}|{e.field}", []).append(str(e))
+                record(e)
                 continue
-            for name, insts in res.instances.items():
-                for inst in insts:
-                    applied.add(inst.def_index)
-                    for ax, v in inst.const_axes.items():
-                        axis_values.setdefault((inst.def_index, ax), set()).add(v)
-                    prev = seen_names.get(name)
-                    if prev is None:
-                        seen_names[name] = (inst.def_index, dict(inst.const_axes), slug)
-                    elif prev[1] != inst.const_axes:
-                        diff = sorted(k for k in set(prev[1]) | set(inst.const_axes)
-                                      if prev[1].get(k) != inst.const_axes.get(k))
-                        p = ("definitions", inst.def_index, "name")
-                        key = f"{doc.where(p)}|name-collision|{name}"
-                        if key not in by_loc:
-                            by_loc[key] = [str(_err(
-                                f"'{name}' is produced for {prev[2]} and {slug} with different const axes "
-                                f"({', '.join(f'{k}={prev[1].get(k)} vs {inst.const_axes.get(k)}' for k in diff)}): "
-                                f"the name pattern must tell them apart", doc.where(p), "name", "warning"))]
-            for p in res.planned:
-                name = p.doc.get("name")
-                if name in checked:
+            ev = Evaluator(model.slug, ["all"])
+            for s in servings:
+                try:
+                    env = model_env(model.config, s.symbols(), facts, model.slug, model.origin)
+                except DefcError as e:
+                    record(e)
                     continue
-                checked.add(name)
-                inst = res.instances[name][0]
-                where = doc.where(("definitions", inst.def_index, "reference", "template"))
-                bad = has_top_level_run(p.doc.get("reference", ""))
-                if bad:
-                    probs.append(_err(f"{bad} (rendered for {name}, model {slug})", where,
-                                      field_name(("definitions", inst.def_index, "reference", "template"))))
-                    continue
-                verdict = fib_definition_error(p.doc)
-                if verdict:
-                    probs.append(_err(f"flashinfer_bench rejects the rendered {name} (model {slug}): {verdict}",
-                                      doc.where(("definitions", inst.def_index)),
-                                      field_name(("definitions", inst.def_index))))
-                for t in p.doc.get("tags") or []:
-                    bad = tag_problem(t)
-                    if bad:
-                        probs.append(_err(f"rendered tag of {name}: {bad[1]}", doc.where(("definitions", inst.def_index, "tags")),
-                                          field_name(("definitions", inst.def_index, "tags")), bad[0]))
-    compile_failed = any("|name-collision|" not in k for k in by_loc)
+                for i, one in enumerate(_per_definition_specs(spec)):
+                    try:
+                        insts = ev.run(one, env, s, default_quant)
+                    except DefcError as e:
+                        record(e)
+                        continue
+                    for inst in insts:
+                        inst.def_index = i
+                        applied.add(i)
+                        for ax, v in inst.const_axes.items():
+                            axis_values.setdefault((i, ax), set()).add(v)
+                        shape = _structure(inst)
+                        prev = first_of.get(inst.name)
+                        if prev is None:
+                            first_of[inst.name] = (i, slug, shape, dict(inst.const_axes))
+                        elif prev[2] != shape:
+                            diff = sorted(k for k in set(prev[3]) | set(inst.const_axes)
+                                          if prev[3].get(k) != inst.const_axes.get(k))
+                            what = (", ".join(f"{k}={prev[3].get(k)} vs {inst.const_axes.get(k)}" for k in diff)
+                                    if diff else "axes, tensors or constraints")
+                            p = ("definitions", i, "name")
+                            same_model = prev[1] == slug
+                            sev = "error" if same_model else "warning"
+                            where = (f"model {slug}" if same_model else f"models {prev[1]} and {slug}")
+                            record(_err(f"two different definitions are named '{inst.name}' ({where}, from "
+                                        f"definitions[{prev[0]}] and definitions[{i}]: {what}); the name pattern "
+                                        f"must tell them apart", doc.where(p), "name", sev), "collision")
+                        if inst.name in rendered:
+                            continue
+                        rendered.add(inst.name)
+                        try:
+                            out = render(inst, [model.slug], dirs)
+                        except DefcError as e:
+                            record(e)
+                            continue
+                        _check_rendered(doc, i, inst.name, slug, out, probs)
+    compile_failed = any(m and ": error: " in m[0] and not k.endswith("|collision") for k, m in by_loc.items())
     for key, msgs in by_loc.items():
         first = msgs[0]
-        more = len(msgs) - 1
-        # keep the message as the compile API wrote it (already file:line:col: error: …)
-        probs.append(_Raw(first + (f" (and {more} more model{'s' if more > 1 else ''})" if more else "")))
+        others = len(set(msgs)) - 1
+        probs.append(_Raw(first + (f" (and {others} more model{'s' if others > 1 else ''})" if others else "")))
     for i, axis, formula in pattern_candidates:
         vals = axis_values.get((i, axis), set())
         if len(vals) > 1 or (i not in applied and not isinstance(formula, (int, float))):
@@ -483,11 +545,32 @@ def render_problems(doc: Located, spec_path: str, specs_dir: str, extra_template
                               f"two models that differ in it would get the same name", doc.where(p), "name", "warning"))
     data = _d(doc.data)
     for i, d in enumerate(_l(data.get("definitions"))):
-        if isinstance(d, dict) and i not in applied and not compile_failed:
+        if isinstance(d, dict) and i not in applied and not compile_failed and spec is not None:
             p = ("definitions", i)
             probs.append(_err(f"definition '{d.get('id')}' applies to no catalogue model, so its templates were not "
                               f"rendered", doc.where(p), field_name(p), "warning"))
     return probs
+
+
+def _check_rendered(doc: Located, i: int, name: str, slug: str, out: Dict[str, Any], probs: List[DefcError]) -> None:
+    where_ref = ("definitions", i, "reference", "template")
+    bad = has_top_level_run(out.get("reference", ""))
+    if bad:
+        probs.append(_err(f"{bad} (rendered for {name}, model {slug})", doc.where(where_ref), field_name(where_ref)))
+        return
+    verdict = fib_definition_error(out)
+    if verdict:
+        probs.append(_err(f"flashinfer_bench rejects the rendered {name} (model {slug}): {verdict}",
+                          doc.where(("definitions", i)), field_name(("definitions", i))))
+    spec_tags = _l(_d(_l(_d(doc.data).get("definitions"))[i]).get("tags"))
+    spec_bad = any(tag_problem(t.get("tag") if isinstance(t, dict) else t) for t in spec_tags
+                   if isinstance(t, (str, dict)))
+    if not spec_bad:
+        for t in out.get("tags") or []:
+            bad = tag_problem(t)
+            if bad:
+                p = ("definitions", i, "tags")
+                probs.append(_err(f"rendered tag of {name}: {bad[1]}", doc.where(p), field_name(p), bad[0]))
 
 
 class _Raw(DefcError):

@@ -7,15 +7,18 @@ here that becomes a :class:`Located` document whose ``where(path)`` answers a
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 from .errors import DefcError, Location
 
 Path = Tuple[Any, ...]
+CACHE_VERSION = "1"
 
 
 @dataclass
@@ -149,12 +152,74 @@ def read_text(path: str, what: str = "file") -> str:
         raise DefcError(f"not valid UTF-8 (byte {e.start})", Location(shown, line, 1)) from None
 
 
+def _cache_dir() -> Optional[str]:
+    if os.environ.get("DEFC_NO_CACHE"):
+        return None
+    base = os.environ.get("DEFC_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "defc")
+    return base
+
+
+def _cache_get(key: str) -> Optional[Tuple[Any, Dict[Path, Tuple[int, int]]]]:
+    base = _cache_dir()
+    if not base:
+        return None
+    try:
+        with open(os.path.join(base, key + ".json"), encoding="utf-8") as fh:
+            doc = json.load(fh)
+        return doc["data"], {tuple(p): (l, c) for p, l, c in doc["positions"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _cache_put(key: str, data: Any, positions: Dict[Path, Tuple[int, int]]) -> None:
+    base = _cache_dir()
+    if not base:
+        return
+    try:
+        os.makedirs(base, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=base)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"data": data, "positions": [[list(p), l, c] for p, (l, c) in positions.items()]}, fh)
+        os.replace(tmp, os.path.join(base, key + ".json"))
+    except (OSError, TypeError, ValueError):
+        pass  # a cache that cannot be written only costs time
+
+
 def load_yaml(path: str, what: str = "YAML file") -> Located:
-    """Load one YAML document with positions; any problem becomes a one-line DefcError."""
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
-    from ruamel.yaml.constructor import DuplicateKeyError
+    """Load one YAML document with positions; any problem becomes a one-line DefcError.
+
+    ruamel's round-trip parser is slow, so a successful parse is cached (data + positions, as
+    JSON) under ~/.cache/defc keyed by a hash of the text; only valid documents are cached, so
+    every error is still found by a real parse.
+    """
     shown = display_path(path)
     text = read_text(path, what)
+    key = "yaml-" + CACHE_VERSION + "-" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    hit = _cache_get(key)
+    if hit is not None:
+        return Located(shown, hit[0], hit[1])
+    located = _parse_yaml(text, shown)
+    if not _json_exact(located.data):
+        return located   # not JSON-representable as is (e.g. integer keys): parse every time
+    _cache_put(key, located.data, located.positions)
+    return located
+
+
+def _json_exact(x) -> bool:
+    """True when JSON would give back exactly this value (string keys, finite numbers)."""
+    if isinstance(x, dict):
+        return all(isinstance(k, str) and _json_exact(v) for k, v in x.items())
+    if isinstance(x, list):
+        return all(_json_exact(v) for v in x)
+    if isinstance(x, float):
+        return x == x and x not in (float("inf"), float("-inf"))
+    return x is None or isinstance(x, (str, int, bool))
+
+
+def _parse_yaml(text: str, shown: str) -> Located:
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    from ruamel.yaml.constructor import DuplicateKeyError
     if "\x00" in text:
         raise DefcError("file contains a NUL character", Location(shown, text[: text.index("\x00")].count("\n") + 1, 1))
     try:

@@ -35,13 +35,34 @@ def _pyrepr(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} as a Python literal")
 
 
+MAX_TEMPLATE_EXPONENT = 64
+MAX_TEMPLATE_REPEAT = 1_000_000
+
+
 @lru_cache(maxsize=8)
 def environment(dirs: Tuple[str, ...]):
     from jinja2 import FileSystemLoader, StrictUndefined
+    from jinja2.exceptions import SecurityError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
-    env = ImmutableSandboxedEnvironment(loader=FileSystemLoader(list(dirs)), undefined=StrictUndefined,
-                                        autoescape=False, keep_trailing_newline=True, trim_blocks=True,
-                                        lstrip_blocks=True)
+
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        """The sandbox limits range(); this also bounds ``**`` and ``*``, which it leaves alone, so
+        ``{{ x ** 10**9 }}`` or ``{{ 'x' * 10**10 }}`` fail at once instead of hanging."""
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**" and isinstance(left, int) and isinstance(right, int) \
+                    and abs(right) > MAX_TEMPLATE_EXPONENT and abs(left) > 1:
+                raise SecurityError(f"exponent {right} is too large (at most {MAX_TEMPLATE_EXPONENT})")
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_TEMPLATE_REPEAT:
+                        raise SecurityError(f"repeating a {type(seq).__name__} would make more than "
+                                            f"{MAX_TEMPLATE_REPEAT} items")
+            return super().call_binop(context, operator, left, right)
+
+    env = BoundedSandbox(loader=FileSystemLoader(list(dirs)), undefined=StrictUndefined,
+                         autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False}
     env.filters["py"] = _pyrepr
     return env
@@ -81,6 +102,8 @@ def _template_error(e: Exception, name: str, dirs: Tuple[str, ...]) -> DefcError
     path = path or template_file(name, dirs)
     if isinstance(e, SecurityError):
         return DefcError(f"template tried something the sandbox forbids: {e}", Location(display_path(path), line, 1))
+    if isinstance(e, RecursionError):
+        return DefcError("template recursion is too deep (does it include itself?)", Location(display_path(path), line, 1))
     if isinstance(e, UndefinedError):
         return DefcError(f"template uses an undefined value: {e.message}", Location(display_path(path), line, 1))
     return DefcError(f"template failed: {type(e).__name__}: {e}", Location(display_path(path), line, 1))

@@ -309,6 +309,7 @@ def _definition_from_template(api: str, tmpl, label: str, family: str, known: se
     sweep: Dict[str, list] = {}
     guards: List[str] = []
     todo: List[str] = []
+    checks: List[str] = []
     const_now: List[str] = []
     for k, a in tmpl.axes.items():
         desc = _text(getattr(a, "description", "")) or k.replace("_", " ")
@@ -327,9 +328,6 @@ def _definition_from_template(api: str, tmpl, label: str, family: str, known: se
         hint = hints.get(k) if isinstance(hints.get(k), dict) else None
         if isinstance(value, int) and value > 0:
             formula = str(value)
-        elif k in known:
-            formula = k
-            guards.append(k)
         elif hint and "value" in hint:
             formula = str(hint["value"])
             from . import formula as F
@@ -337,6 +335,10 @@ def _definition_from_template(api: str, tmpl, label: str, family: str, known: se
                 guards.extend(s for s in F.parse(formula).symbols if s not in ("tp", "ep", "dp", "attn_dp"))
             except F.FormulaError:
                 pass
+        elif k in known:
+            formula = k
+            guards.append(k)
+            checks.append(k)
         elif hint and isinstance(hint.get("sweep"), list):
             sweep[k] = list(hint["sweep"])
             formula = k
@@ -344,7 +346,8 @@ def _definition_from_template(api: str, tmpl, label: str, family: str, known: se
             sweep[k] = [1]
             formula = k
             todo.append(k)
-        axes_lines.append(f"      {k}: {{value: {q(formula)}, description: {q(desc)}}}")
+        axes_lines.append(f"      {k}: {{value: {q(formula)}, description: {q(desc)}}}"
+                          + ("   # TODO: check: the config field of the same name" if k in checks else ""))
         const_now.append(k)
     if todo:
         notes.append(f"{label}: TODO: const axes {', '.join(todo)} are a placeholder sweep [1]; derive them from "
@@ -358,7 +361,7 @@ def _definition_from_template(api: str, tmpl, label: str, family: str, known: se
             continue
         parts.append(f"{ab if ab is not None else k}{{{k}}}")
     name = "_".join([prefix] + parts)
-    tags = [t for t in (getattr(tmpl, "tags", None) or []) if not str(t).startswith(("status:", "fi_api:"))]
+    tags = [t for t in (getattr(tmpl, "tags", None) or []) if not str(t).startswith(("status:", "fi_api:", "model:"))]
     from .lint import tag_problem
     bad_tags = [t for t in tags if tag_problem(t)]
     tags = [t for t in tags if t not in bad_tags]

@@ -17,6 +17,8 @@ COMMANDS = [
     "defc.cmd_lint",
     "defc.cmd_validate",
     "defc.cmd_new_op",
+    "defc.cmd_coverage",
+    "defc.cmd_gap_report",
 ]
 
 

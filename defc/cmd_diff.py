@@ -1,8 +1,6 @@
 """``defc diff``: what defc predicts for a model vs what FlashInfer dumped (or a dataset holds)."""
 from __future__ import annotations
 
-import sys
-
 
 def register(sub) -> None:
     p = sub.add_parser("diff", help="compare compiled predictions with trace dumps or a dataset",

@@ -7,7 +7,7 @@ def register(sub) -> None:
     p.add_argument("--cookbook", metavar="DIR", help="read serving configs from this sgl-cookbook clone")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=run_models)
-    s = sub.add_parser("cookbook-snapshot", help="refresh catalogue/cookbook.yaml from an sgl-cookbook clone")
+    s = sub.add_parser("cookbook-snapshot", help="refresh catalogue/cookbook.json from an sgl-cookbook clone")
     s.add_argument("--cookbook", metavar="DIR", required=True)
     s.add_argument("--source", default="", help="where the clone came from (commit), recorded in the snapshot")
     s.set_defaults(func=run_snapshot)

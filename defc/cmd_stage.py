@@ -64,20 +64,16 @@ def stage_sets(sets, args, out, dry_run, progress_label=None):
     return items
 
 
-def print_items(items, out, dry_run, fmt, file=None):
-    from defc.output import emit_json, table
+def print_items(items, out, dry_run, file=None):
+    from defc.output import table
     from runners.stage import describe
     file = file or sys.stdout
     rows = [i.row() for i in items]
-    if fmt == "json":
-        return rows
-    show = [r for r in rows]
     table(["status", "op_type", "name", "dumped as", "rules", "detail"],
           [[r["status"], r["op_type"], r["name"] or r["source"], r["dumped_as"], ",".join(r["rules"]), r["detail"]]
-           for r in show], out=file)
+           for r in rows], out=file)
     verb = "would stage" if dry_run else "staged"
     print(f"{verb} {len(items)} dump(s) into {out}: {describe(items)}", file=file)
-    return rows
 
 
 def run(args) -> int:
@@ -94,7 +90,7 @@ def run(args) -> int:
         emit_json({"out": out, "dry_run": args.dry_run, "summary": describe(items),
                    "items": [i.row() for i in items]})
     else:
-        print_items(items, out, args.dry_run, "table")
+        print_items(items, out, args.dry_run)
     n = problems(items)
     if n:
         print(f"defc: {n} dump(s) not staged (collision, invalid or unreadable); see the table", file=sys.stderr)

@@ -167,7 +167,7 @@ def run(args) -> int:
         staged = stage_sets(sets, _A, out, dry_run=False)
 
     failed = [r for r in results if r.status not in ("ok", "partial")]
-    from runners.stage import describe, problems
+    from runners.stage import problems
     if args.format == "json":
         emit_json({"model": info.slug, "backend": args.backend, "out": out,
                    "passes": [{"pass": r.plan.label(), "folder": r.plan.folder, "status": r.status,
@@ -189,7 +189,7 @@ def run(args) -> int:
                       + (f"; {len(no_api)} without an fi_api" if no_api else ""))
         if staged:
             from defc.cmd_stage import print_items
-            print_items(staged, out, False, "table")
+            print_items(staged, out, False)
         elif args.no_stage:
             print("dumps left unstaged (--no-stage); stage them with: defc stage "
                   + " ".join(display_path(r.plan.folder) for r in results if r.stageable))

@@ -13,6 +13,7 @@ The format is documented in docs/trace.md.  In short::
         scratch: {shape: [batch_size, 'head_dim * 2'], dtype: uint8}   # a free tensor
         eps: {value: eps}                 #   a scalar formula (numbers, strings, booleans)
         routing_bias: {value: null}       #   None
+        sinks: {tensor: sinks, when: has_sinks}          # any argument may carry a when:
       defaults: true                      # bind the API's signature defaults like the dumper does
       calls: [...]                        # or several calls, each with the keys above
 
@@ -155,7 +156,7 @@ def _arg(inst, path, spec, env) -> Any:
     if len(kinds) != 1:
         raise _err(inst, path, "an argument needs exactly one of tensor/shape/tuple/list/value")
     kind = kinds[0]
-    extra = set(spec) - {"tensor", "shape", "dtype", "tuple", "list", "value"}
+    extra = set(spec) - {"tensor", "shape", "dtype", "tuple", "list", "value", "when"}
     if extra:
         raise _err(inst, path + (sorted(extra)[0],), f"unknown argument field '{sorted(extra)[0]}'")
     if kind == "value":
@@ -251,7 +252,16 @@ def calls_for(inst) -> List[Call]:
         args = blk.get("args")
         if not isinstance(args, dict) or not args:
             raise _err(inst, path + ("args",), "args must be a mapping of API parameter: value")
-        kwargs = {k: _arg(inst, path + ("args", k), v, env) for k, v in args.items()}
+        kwargs = {}
+        for k, v in args.items():
+            if isinstance(v, dict) and "when" in v:
+                f = _formula(inst, path + ("args", k, "when"), v["when"])
+                try:
+                    if not F.truth(f, env):
+                        continue
+                except F.FormulaError as e:
+                    raise _err(inst, path + ("args", k, "when"), f"'{f.source}': {e}") from None
+            kwargs[k] = _arg(inst, path + ("args", k), v, env)
         defaults = blk.get("defaults", True)
         if not isinstance(defaults, bool):
             raise _err(inst, path + ("defaults",), "defaults must be true or false")

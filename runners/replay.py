@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from compiler.errors import DefcError
@@ -38,7 +38,7 @@ class ReplayRecord:
 
 def import_flashinfer():
     try:
-        import flashinfer  # noqa: F401
+        import flashinfer  # noqa: F401  (registers the decorated APIs and their templates)
     except ImportError as e:
         raise DefcError(f"--backend replay needs flashinfer-python (and torch) in this environment: {e}") from None
     import importlib

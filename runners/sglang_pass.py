@@ -29,6 +29,28 @@ def _phase(folder, phase, **extra):
     print(f"[defc sglang_pass] phase: {phase}", flush=True)
 
 
+def cuda_devices():
+    """(number of CUDA devices, why none) through the driver API, without importing torch."""
+    import ctypes
+    lib = None
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        return 0, "no CUDA driver library (libcuda) found"
+    rc = lib.cuInit(0)
+    if rc != 0:
+        return 0, f"cuInit failed with CUDA error {rc}"
+    count = ctypes.c_int(0)
+    rc = lib.cuDeviceGetCount(ctypes.byref(count))
+    if rc != 0:
+        return 0, f"cuDeviceGetCount failed with CUDA error {rc}"
+    return count.value, "no CUDA device" if not count.value else ""
+
+
 def main(argv):
     if len(argv) != 2:
         print("usage: python -m runners.sglang_pass REQUEST.json", file=sys.stderr)
@@ -51,14 +73,9 @@ def main(argv):
         print(f"error: sglang is not importable by {sys.executable}", file=sys.stderr)
         return EXIT_NO_SGLANG
     if req.get("check_gpu", True):
-        try:
-            import torch  # torch does not import flashinfer; the environment is already set anyway
-            ok = bool(torch.cuda.is_available())
-        except ImportError:
-            ok = False
-        if not ok:
-            print(f"error: no CUDA GPU is visible to {sys.executable} (torch.cuda.is_available() is False)",
-                  file=sys.stderr)
+        n, why = cuda_devices()
+        if not n:
+            print(f"error: no CUDA GPU is visible to {sys.executable} ({why})", file=sys.stderr)
             return EXIT_NO_GPU
     _phase(folder, "importing")
     import sglang

@@ -8,7 +8,6 @@ different definition under the same name is reported as a collision and never ov
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -155,7 +154,3 @@ def describe(items: Sequence[StageItem]) -> str:
         if n or s == "new":
             parts.append(f"{n} {s}")
     return ", ".join(parts)
-
-
-def rel(path: str) -> str:
-    return display_path(os.path.abspath(path)) if path else ""

@@ -7,7 +7,10 @@ Each case is a folder with ``case.yaml``::
     facts: specs          # optional: copy the project's specs/_model_facts.yaml into this folder
     env: {NAME: value}    # optional: environment for the run
     env_paths: {NAME: p}  # optional: environment variables holding paths inside the case folder
-    expect: "defc: specs/probe.yaml:6:21: error: ..."
+    stdout_has: "text"    # optional: stdout must contain this too (the detail behind a summary line)
+    stream: stdout        # optional: the command reports in a table; stderr must be empty and
+                          # ``expect`` is one stdout line (whitespace runs compared as one space)
+    expect: "defc: specs/probe.yaml:6:21: error: ..."   # <project> stands for the project folder
 
 and the input files the arguments name (specs, templates, config.json, cookbook YAMLs, and
 sometimes an ``out/`` dataset that must stay exactly as it is).  The case is copied into a
@@ -70,12 +73,26 @@ def snapshot(folder: str) -> dict:
     return out
 
 
+def expected_line(meta) -> str:
+    """``<project>`` in an expectation stands for the project folder (the built-in templates/)."""
+    return meta["expect"].replace("<project>", PROJECT_ROOT)
+
+
 def check_outcome(name, meta, code, out, err, before, after):
     assert code != 0, f"{name}: exit code 0 (stdout: {out!r})"
     assert "Traceback" not in err and "Traceback" not in out, f"{name}: a traceback reached the user:\n{err}"
-    lines = err.splitlines()
-    assert len(lines) == 1, f"{name}: stderr should be one line, got {len(lines)}:\n{err}"
-    assert lines[0] == meta["expect"], f"{name}:\n got: {lines[0]}\nwant: {meta['expect']}"
+    want = expected_line(meta)
+    if meta.get("stream") == "stdout":
+        # a command that reports problems in its table (defc diff): nothing on stderr, the row on stdout
+        assert err == "", f"{name}: stderr should be empty, got:\n{err}"
+        rows = [" ".join(line.split()) for line in out.splitlines()]
+        assert " ".join(want.split()) in rows, f"{name}: no stdout line equals\n{want}\nstdout:\n{out}"
+    else:
+        lines = err.splitlines()
+        assert len(lines) == 1, f"{name}: stderr should be one line, got {len(lines)}:\n{err}"
+        assert lines[0] == want, f"{name}:\n got: {lines[0]}\nwant: {want}"
+    if meta.get("stdout_has"):
+        assert meta["stdout_has"] in out, f"{name}: stdout lacks {meta['stdout_has']!r}:\n{out}"
     added = sorted(set(after) - set(before))
     removed = sorted(set(before) - set(after))
     changed = sorted(k for k in before if k in after and before[k] != after[k])
@@ -131,7 +148,8 @@ def test_corpus_is_large_and_every_case_has_a_note():
         with open(os.path.join(CORPUS, name, "case.yaml"), encoding="utf-8") as fh:
             first = fh.readline()
         assert first.startswith("# ") and len(first) > 5, f"{name}: case.yaml should start with a comment saying what it checks"
-        assert load_case(name)["expect"].startswith("defc: "), name
+        meta = load_case(name)
+        assert meta["expect"].startswith("defc: ") or meta.get("stream") == "stdout", name
 
 
 @pytest.mark.parametrize("name", ["formula_import_os", "template_mro", "config_not_json"])
@@ -143,7 +161,7 @@ def test_debug_shows_the_traceback(name, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert code != 0
     assert "Traceback (most recent call last)" in err
-    assert err.rstrip().splitlines()[-1] == meta["expect"]
+    assert err.rstrip().splitlines()[-1] == expected_line(meta)
 
 
 def test_internal_errors_are_one_line_without_debug(tmp_path, monkeypatch, capsys):

@@ -55,6 +55,8 @@ def test_llama_8b_tp1_is_the_curated_set(compiled):
     p1, p64 = docs["gqa_paged_prefill_causal_h32_kv8_d128_ps1"], docs["gqa_paged_prefill_causal_h32_kv8_d128_ps64"]
     assert "batch_size" not in p1["axes"] and "kv_last_page_len" not in p1["inputs"]
     assert p64["axes"]["batch_size"] == {"type": "var", "description": "Number of sequences in the batch."}
+    assert p1["constraints"] == ["total_q == qo_indptr[-1].item()", "num_kv_indices == kv_indptr[-1].item()"]
+    assert p64["constraints"] == p1["constraints"] + ["len_indptr == batch_size + 1"]
     assert list(p64["inputs"]) == ["q", "k_cache", "v_cache", "qo_indptr", "kv_indptr", "kv_indices",
                                    "kv_last_page_len", "sm_scale"]
     assert {"stage:decode", "tp:1", "fi_api:flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper"} <= tags(d1)
@@ -113,7 +115,8 @@ def test_hybrid_and_special_attention_models(compiled):
     gemma = compiled("gemma-3-27b")       # local (sliding 1024) and global layers
     assert {"gqa_paged_decode_h32_kv16_d128_ps1", "gqa_paged_decode_h32_kv16_d128_ps1_swa1024",
             "gqa_ragged_prefill_causal_h32_kv16_d128_swa1024"} <= set(gemma)
-    assert "sliding_window:1024" in tags(gemma["gqa_paged_decode_h32_kv16_d128_ps1_swa1024"])
+    assert "mask:sliding_window" in tags(gemma["gqa_paged_decode_h32_kv16_d128_ps1_swa1024"])
+    assert "variant:attention_sink" not in tags(gemma["gqa_paged_decode_h32_kv16_d128_ps1_swa1024"])
     assert "WINDOW_LEFT = 1023" in gemma["gqa_paged_decode_h32_kv16_d128_ps1_swa1024"]["reference"]
     assert "WINDOW_LEFT = -1" in gemma["gqa_paged_decode_h32_kv16_d128_ps1"]["reference"]
     oss = compiled("gpt-oss-20b")         # sinks on every layer, sliding 128 on half of them
@@ -122,6 +125,9 @@ def test_hybrid_and_special_attention_models(compiled):
         "gqa_paged_decode_h64_kv8_d64_ps1_swa128_sink", "gqa_paged_decode_h64_kv8_d64_ps64_swa128_sink"}
     assert not names(oss, "gqa_ragged")   # the ragged wrapper takes no sinks
     assert oss["gqa_paged_decode_h64_kv8_d64_ps1_sink"]["inputs"]["sinks"]["shape"] == ["num_qo_heads"]
+    assert "variant:attention_sink" in tags(oss["gqa_paged_decode_h64_kv8_d64_ps1_sink"])
+    assert {"variant:attention_sink", "mask:sliding_window"} <= tags(oss["gqa_paged_prefill_causal_h64_kv8_d64_ps1_swa128_sink"])
+    assert "WINDOW_LEFT = 127" in oss["gqa_paged_prefill_causal_h64_kv8_d64_ps1_swa128_sink"]["reference"]
     scout = compiled("llama-4-scout")     # chunked / NoPE layers share the plain kernel shapes
     assert names(scout, "gqa_paged_decode") == {"gqa_paged_decode_h5_kv1_d128_ps1", "gqa_paged_decode_h5_kv1_d128_ps64"}
     assert compiled("deepseek-v3") == {}  # MLA: not this family

@@ -1,5 +1,6 @@
 """moe family: curated shapes, per-model routing, references against an independent torch formulation
 and FlashInfer's template references, and agreement with FlashInfer's .fi_trace() dumper."""
+import functools
 import json
 import math
 import os
@@ -22,6 +23,15 @@ GOLDEN = [
 
 # ---------------------------------------------------------------------------------------------
 # compiling
+
+@pytest.fixture(scope="module", autouse=True)
+def _snapshot_once():
+    """Read the bundled cookbook snapshot once for this module (parsing it takes seconds per compile)."""
+    import compiler.serving as serving
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(serving, "load_snapshot", functools.lru_cache(maxsize=None)(serving.load_snapshot))
+        yield
+
 
 def _compile(tmp_path, model, sub, config=None, **kw):
     """Compile the moe spec only; return ({name: doc}, {name: [alias names]})."""

@@ -1,0 +1,186 @@
+"""defc diff: predictions (compile API) vs real FlashInfer dumps and staged datasets."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_runners_common import copy_dumps
+
+
+def _diff_json(capsys, *argv):
+    from defc.cli import main
+    rc = main(["diff", *argv, "--format", "json"])
+    rep = json.loads(capsys.readouterr().out)
+    return rc, rep, {(r["predicted"] or r["dumped"]): r for r in rep["rows"]}
+
+
+def test_rmsnorm_dumps_match_the_compiled_definitions(tmp_path, capsys):
+    from defc.cli import main
+    p = copy_dumps(str(tmp_path / "p"), "direct", "flashinfer", model="llama-3.1-8b", tp=1, ep=1, page_size=1)
+    rc, rep, rows = _diff_json(capsys, p, "--model", "llama-3.1-8b", "--specs", "rmsnorm")
+    assert rows["rmsnorm_h4096"]["status"] == "matched"
+    assert rows["fused_add_rmsnorm_h4096"]["status"] == "matched"
+    # the MLA dump is not predicted by the rmsnorm spec
+    assert rows["mla_paged_decode_h16_ckv512_kpe64_ps1"]["status"] == "unexpected"
+    assert rc == 1 and rep["summary"]["matched"] == 2 and rep["summary"]["unexpected"] == 1
+    # the human table, and a clean run exits 0
+    (tmp_path / "p" / "mla_paged_decode_h16_ckv512_kpe64_ps1.json").unlink()
+    assert main(["diff", p, "--model", "llama-3.1-8b", "--specs", "rmsnorm"]) == 0
+    out = capsys.readouterr().out
+    assert "matched  rmsnorm" in out and "2 matched" in out
+
+
+def test_llama_tp1_against_a_sglang_pass(tmp_path, capsys):
+    """What `defc compile --model llama-3.1-8b --tp 1` predicts vs what a SGLang pass dumps."""
+    p = copy_dumps(str(tmp_path / "fi_trace_llama-3.1-8b_tp1_ep1_ps1"), "sglang_like", "sglang",
+                   model="llama-3.1-8b", tp=1, ep=1, page_size=1, quantization="bf16")
+    rc, rep, rows = _diff_json(capsys, p, "--model", "llama-3.1-8b", "--tp", "1")
+    assert rc == 1 and rep["tp"] == [1]
+    # the mislabelled 3-D-KV decode dump is repaired to the true name and pairs with the prediction
+    dec = rows["gqa_paged_decode_h32_kv8_d128_ps1"]
+    assert dec["status"] in ("matched", "differs") and dec["dumped"] == "gqa_paged_decode_h32_kv8_d128_ps1"
+    assert dec["dumped_as"] == "gqa_paged_decode_h32_kv128_d128_ps8" and "sglang-3d-kv-paged-gqa" in dec["rules"]
+    assert not [d for d in dec["diffs"] if d["field"].startswith("axes")]   # every axis agrees after the repair
+    # the repaired paged prefill dump pairs with the curated _causal name
+    pre = rows["gqa_paged_prefill_causal_h32_kv8_d128_ps1"]
+    assert pre["status"] == "renamed" and pre["dumped"] == "gqa_paged_prefill_h32_kv8_d128_ps1"
+    # the dumper's names for ragged prefill and sampling are renames
+    assert rows["gqa_ragged_prefill_causal_h32_kv8_d128"]["status"] == "renamed"
+    assert rows["gqa_ragged_prefill_causal_h32_kv8_d128"]["dumped"] == "gqa_ragged_h32_kv8_d128"
+    assert rows["top_k_top_p_sampling_from_probs_v128256"]["status"] == "renamed"
+    # norms go through sgl_kernel: missing, not routed
+    for n in ("rmsnorm_h4096", "fused_add_rmsnorm_h4096"):
+        assert rows[n]["status"] == "missing" and rows[n]["reason"] == "not-routed" and "norms-sgl-kernel" in rows[n]["how"]
+    # page size 64 is never what SGLang hands FlashInfer
+    assert rows["gqa_paged_decode_h32_kv8_d128_ps64"]["reason"] == "not-exercised"
+    assert "paged-attention-page-size-one" in rows["gqa_paged_decode_h32_kv8_d128_ps64"]["how"]
+    # top-k-only sampling is never called by SGLang
+    assert rows["top_k_sampling_from_probs_v128256"]["reason"] == "not-routed"
+    # plan() records are ignored, not unexpected; nothing is unexpected
+    assert rows["gqa_paged_decode_plan_h32_kv8_d128_ps1"]["status"] == "ignored"
+    assert rep["summary"]["unexpected"] == 0
+    for r in rep["rows"]:
+        if r["status"] == "missing":
+            assert r["reason"] in ("not-routed", "not-exercised", "no-template", "unexplained") and r["how"]
+    assert not [r for r in rep["rows"] if r["status"] == "missing" and r["reason"] == "unexplained"]
+
+
+def test_a_pass_at_one_page_size_explains_the_others(tmp_path, capsys):
+    p = copy_dumps(str(tmp_path / "p"), "direct", "replay", model="llama-3.1-8b", tp=1, ep=1, page_size=1,
+                   definitions=[{"definition": "rmsnorm_h4096", "status": "dumped", "dumped_as": "rmsnorm_h4096"}])
+    (tmp_path / "p" / "fused_add_rmsnorm_h4096.json").unlink()
+    rc, rep, rows = _diff_json(capsys, p, "--model", "llama-3.1-8b", "--specs", "rmsnorm,gqa_paged")
+    assert rows["gqa_paged_decode_h32_kv8_d128_ps64"]["how"] == "variant not exercised: no pass at page size 64"
+    assert rows["fused_add_rmsnorm_h4096"]["status"] == "missing"
+    rc, rep, rows = _diff_json(capsys, p, "--model", "llama-3.1-8b", "--specs", "rmsnorm", "--tp", "1,2")
+    assert rows["rmsnorm_h4096"]["status"] == "matched"     # same shapes at tp2; tp is not compared
+
+
+def test_dataset_and_mla_rule(tmp_path, capsys):
+    """A staged dataset diffs too; the MLA decode dump also stands for paged prefill (rule)."""
+    from defc.cli import main
+    p = copy_dumps(str(tmp_path / "p"), "direct", "flashinfer", model="deepseek-v3", tp=8, ep=1, page_size=1)
+    ds = str(tmp_path / "ds")
+    assert main(["stage", p, "--out", ds]) == 0
+    capsys.readouterr()
+    rc, rep, rows = _diff_json(capsys, ds, "--model", "deepseek-v3", "--tp", "8", "--specs", "mla_paged")
+    assert rep["sources"][0].startswith("dataset")
+    assert rows["mla_paged_decode_h16_ckv512_kpe64_ps1"]["status"] in ("matched", "differs")
+    pre = rows["mla_paged_prefill_causal_h16_ckv512_kpe64_ps1"]
+    assert pre["status"] == "renamed" and pre["dumped"] == "mla_paged_decode_h16_ckv512_kpe64_ps1"
+    # the rmsnorm dumps staged for deepseek-v3 are unexpected for the mla_paged spec
+    assert rows["rmsnorm_h4096"]["status"] == "unexpected"
+
+
+def test_reconcile_rules_aliases_and_signatures():
+    """The matching itself, on synthetic documents: rule names, one-to-one const-axis pairing."""
+    from runners.diff import Observed, Prediction, Report, reconcile
+
+    def doc(name, op, stage, api, **axes):
+        return {"name": name, "op_type": op, "tags": [f"fi_api:{api}", f"stage:{stage}"],
+                "axes": {k: {"type": "const", "value": v} for k, v in axes.items()},
+                "inputs": {"q": {"shape": ["h"], "dtype": "bfloat16"}}, "outputs": {}}
+    preds = [Prediction("mla_decode_h16", doc("mla_decode_h16", "mla_paged", "decode", "W.run", h=16), []),
+             Prediction("mla_prefill_h16", doc("mla_prefill_h16", "mla_paged", "prefill", "W", h=16), []),
+             Prediction("p_decode_h8", doc("p_decode_h8", "p", "decode", "D", h=8), []),
+             Prediction("p_prefill_h8", doc("p_prefill_h8", "p", "prefill", "P", h=8), []),
+             Prediction("lonely_h1", doc("lonely_h1", "p", "decode", "D", h=1), [])]
+    obs = [Observed(doc("mla_decode_h16", "mla_paged", "decode", "W.run", h=16), "f1", "sglang", "mla_decode_h16",
+                    [], [("mla_prefill_h16", "some-rule")]),
+           Observed(doc("x_prefill_8", "p", "prefill", "P.run", h=8), "f2", "sglang", "x_prefill_8", [], []),
+           Observed(doc("x_decode_8", "p", "decode", "D.run", h=8), "f3", "sglang", "x_decode_8", [], []),
+           Observed(doc("stray", "q", "decode", "Q", h=3), "f4", "sglang", "stray", [], [])]
+    rep = reconcile(preds, obs, Report("m", []), lambda p: ("unexplained", "because"))
+    rows = {r["predicted"] or r["dumped"]: r for r in rep.rows}
+    assert rows["mla_decode_h16"]["status"] == "matched"
+    assert rows["mla_prefill_h16"]["status"] == "renamed" and "rule some-rule" in rows["mla_prefill_h16"]["how"]
+    assert rows["mla_prefill_h16"]["diffs"] == [{"field": "tags", "predicted": ["fi_api:W", "stage:prefill"],
+                                                 "dumped": ["fi_api:W.run", "stage:decode"]}]
+    # same op_type and const axes: decode and prefill are told apart by fi_api and stage tags
+    assert rows["p_decode_h8"]["dumped"] == "x_decode_8" and rows["p_prefill_h8"]["dumped"] == "x_prefill_8"
+    assert rows["lonely_h1"]["status"] == "missing" and rows["stray"]["status"] == "unexpected"
+    assert not rep.clean and rep.summary()["renamed"] == 3
+
+
+def _route_cases():
+    llama = {"tp": 1, "attn_dp": 1, "architecture": "LlamaForCausalLM", "page_size": 1}
+    ds_tp8 = {"tp": 8, "attn_dp": 1, "architecture": "DeepseekV3ForCausalLM", "n_group": 8, "topk_group": 4,
+              "num_experts": 256, "top_k": 8}
+    gptoss = {"architecture": "GptOssForCausalLM"}
+    return {
+        "allreduce-norm-fusion": ("flashinfer.norm.fused_add_rmsnorm", "rmsnorm", "fused_add_rmsnorm_h7168", ds_tp8),
+        "norms-sgl-kernel": ("flashinfer.norm.rmsnorm", "rmsnorm", "rmsnorm_h4096", llama),
+        "gpt-oss-router-gemm": ("flashinfer.gemm.tinygemm_bf16", "gemm", "gemm_n32_k2880", gptoss),
+        "gemm-cublas-deepgemm": ("flashinfer.gemm.gemm_base.gemm_fp8_nt_groupwise", "gemm", "g", ds_tp8),
+        "activation-jit": ("flashinfer.activation.silu_and_mul", "activation", "silu_and_mul_h28672", llama),
+        "rope-jit": ("flashinfer.rope.apply_rope_with_cos_sin_cache", "rope", "rope", llama),
+        "kv-append-jit": ("flashinfer.page.append_paged_kv_cache", "page_append", "a", llama),
+        "paged-attention-page-size-one": ("flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper", "gqa_paged",
+                                          "gqa_paged_decode_h32_kv8_d128_ps64", dict(llama, page_size=64)),
+        "gqa-paged-prefill-needs-prefix": ("flashinfer.prefill.BatchPrefillWithPagedKVCacheWrapper", "gqa_paged",
+                                           "gqa_paged_prefill_causal_h32_kv8_d128_ps1", llama),
+        "cascade-other": ("flashinfer.cascade.merge_states", "cascade_merge", "merge_states_h32_d128", llama),
+        "mla-paged-prefill-needs-prefix": ("flashinfer.mla.BatchMLAPagedAttentionWrapper", "mla_paged",
+                                           "mla_paged_prefill_causal_h16_ckv512_kpe64_ps1", dict(ds_tp8, page_size=1)),
+        "attention-wrappers": ("flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper", "gqa_paged",
+                               "gqa_paged_decode_h32_kv8_d128_ps1", llama),
+        "sampling-joint": ("flashinfer.sampling.top_k_top_p_sampling_from_probs", "sampling", "s", llama),
+        "sampling-min-p": ("flashinfer.sampling.min_p_sampling_from_probs", "sampling", "s", llama),
+        "sampling-other": ("flashinfer.sampling.top_p_sampling_from_probs", "sampling", "s", llama),
+        "deepseek-routing": ("flashinfer.fused_moe.fused_topk_deepseek", "moe", "fused_topk_deepseek_e256_k8", ds_tp8),
+        "moe-triton": ("flashinfer.fused_moe.trtllm_fp8_block_scale_moe", "moe", "moe_fp8", ds_tp8),
+        "gdn-prefill": ("flashinfer.gdn_prefill.chunk_gated_delta_rule", "gdn", "gdn_prefill", {}),
+        "gdn-decode-triton": ("flashinfer.gdn_decode.gated_delta_rule_decode", "gdn", "gdn_decode", {}),
+        "mamba-triton": ("flashinfer.mamba.selective_state_update", "mamba_ssu", "m", {}),
+    }
+
+
+def test_every_routing_rule_has_a_case():
+    from runners.diff import load_routes
+    assert sorted(r.name for r in load_routes()) == sorted(_route_cases())
+
+
+@pytest.mark.parametrize("rule", sorted(_route_cases()))
+def test_routing_rule(rule):
+    from runners.diff import load_routes, route_for
+    api, op, name, env = _route_cases()[rule]
+    got = route_for(load_routes(), api, op, name, env)
+    assert got is not None and got.name == rule
+    # at TP1 the norm fusion does not apply; Llama never gets it
+    if rule == "allreduce-norm-fusion":
+        assert route_for(load_routes(), api, op, name, dict(env, tp=1)).name == "norms-sgl-kernel"
+        assert route_for(load_routes(), api, op, name, dict(env, architecture="LlamaForCausalLM")).name == "norms-sgl-kernel"
+
+
+def test_diff_bad_input_is_one_line(tmp_path, capsys):
+    from defc.cli import main
+    assert main(["diff", str(tmp_path / "none"), "--model", "llama-3.1-8b"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no such folder" in err and "\n" not in err
+    (tmp_path / "empty").mkdir()
+    assert main(["diff", str(tmp_path / "empty"), "--model", "llama-3.1-8b"]) == 2
+    assert "no dumps here" in capsys.readouterr().err
+    p = copy_dumps(str(tmp_path / "p"), "direct")
+    assert main(["diff", p, "--model", "no-such-model"]) == 2
+    assert "no-such-model" in capsys.readouterr().err
