@@ -5,6 +5,7 @@ problem as a located one-line error.  ``spec_problems`` returns every problem (u
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -176,11 +177,13 @@ def _formula_paths(data: dict) -> Iterator[Tuple[Tuple, Any]]:
                 yield base + ("reference", "params", k), v
 
 
-def spec_problems(doc: Located) -> Tuple[List[DefcError], Dict[Tuple, F.Formula]]:
-    """All schema and formula problems of a loaded spec, and the parsed formulas."""
+def spec_problems(doc: Located, schema_checked: bool = False) -> Tuple[List[DefcError], Dict[Tuple, F.Formula]]:
+    """All schema and formula problems of a loaded spec, and the parsed formulas.
+
+    ``schema_checked``: this exact text is known to pass the schema (see :func:`schema_ok_key`)."""
     if doc.data is None:
         return [DefcError("the spec is empty", doc.where(()))], {}
-    errs = schema_errors(doc, "spec.schema.json")
+    errs = [] if schema_checked else schema_errors(doc, "spec.schema.json")
     formulas: Dict[Tuple, F.Formula] = {}
     data = doc.data if isinstance(doc.data, dict) else {}
     if not isinstance(doc.data, dict):
@@ -240,13 +243,50 @@ def _shape_problems(doc: Located, i: int, d: dict) -> List[DefcError]:
     return errs
 
 
-def check_spec(doc: Located) -> Spec:
-    errs, formulas = spec_problems(doc)
+def check_spec(doc: Located, schema_checked: bool = False) -> Spec:
+    errs, formulas = spec_problems(doc, schema_checked)
     if errs:
         raise DefcErrors(errs)
     data = doc.data
     return Spec(path=doc.file, doc=doc, family=data["family"], definitions=data["definitions"], formulas=formulas)
 
 
+_CHECKED: Dict[Tuple[str, str, bytes], Spec] = {}
+
+
+@lru_cache(maxsize=None)
+def _schema_digest(name: str) -> str:
+    with open(os.path.join(SCHEMA_DIR, name), "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()[:16]
+
+
+def schema_ok_key(name: str, digest: bytes) -> str:
+    """Cache key recording that a text (by its sha256) passed schema ``name`` (by its content):
+    jsonschema validation is the slowest part of loading a spec, and its answer for the same text
+    and the same schema never changes."""
+    from .load import CACHE_VERSION
+    return f"schemaok-{CACHE_VERSION}-{name.split('.')[0]}-{_schema_digest(name)}-{digest.hex()}"
+
+
 def load_spec(path: str) -> Spec:
-    return check_spec(load_yaml(path, "spec"))
+    """Load and check a spec; a spec already checked in this process (same text, same shown path)
+    is reused, so compiling many models does not re-validate every spec against the schema."""
+    from .load import display_path
+    try:
+        with open(path, "rb") as fh:
+            key = (os.path.abspath(path), display_path(path), hashlib.sha256(fh.read()).digest())
+    except OSError:
+        key = None                      # load_yaml reports it
+    if key is not None and key in _CHECKED:
+        return _CHECKED[key]
+    from .load import _cache_get, _cache_put
+    ok_key = schema_ok_key("spec.schema.json", key[2]) if key is not None else None
+    known_ok = ok_key is not None and _cache_get(ok_key) is not None
+    spec = check_spec(load_yaml(path, "spec"), schema_checked=known_ok)
+    if ok_key is not None and not known_ok:
+        _cache_put(ok_key, True, {})
+    if key is not None:
+        if len(_CHECKED) > 256:
+            _CHECKED.clear()
+        _CHECKED[key] = spec
+    return spec

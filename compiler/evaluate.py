@@ -80,6 +80,19 @@ def substitute(text: str, env: Dict[str, Any], where) -> str:
     return PLACEHOLDER.sub(rep, text)
 
 
+class _Where:
+    """A lazy ``(location, field)`` pair: most lookups are never needed (no error is raised)."""
+
+    __slots__ = ("spec", "path")
+
+    def __init__(self, spec: Spec, path: Tuple):
+        self.spec, self.path = spec, path
+
+    def __iter__(self):
+        yield self.spec.where(self.path)
+        yield field_name(self.path)
+
+
 class Evaluator:
     """Evaluates specs for one model."""
 
@@ -90,7 +103,8 @@ class Evaluator:
 
     # -- helpers --------------------------------------------------------------------------------
     def _where(self, spec: Spec, path: Tuple):
-        return spec.where(path), field_name(path)
+        """(location, field) for DefcError(msg, *where), worked out only if an error is raised."""
+        return _Where(spec, path)
 
     def _ctx(self, serving: Serving, quant: str) -> str:
         q = f", quantization {quant}" if quant else ""

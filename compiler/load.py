@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 from .errors import DefcError, Location
 
 Path = Tuple[Any, ...]
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"   # 2: loads refuse YAML tags and alias bombs
 
 
 @dataclass
@@ -280,10 +280,17 @@ def load_safe_yaml(path: str, what: str = "YAML file") -> Any:
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
     shown = display_path(path)
     text = read_text(path, what)
+    key = "safe-" + CACHE_VERSION + "-" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    hit = _cache_get(key)                # ruamel has no C loader here: cache like load_yaml
+    if hit is not None:
+        return hit[0]
     y = YAML(typ="safe", pure=False)
     y.allow_duplicate_keys = False
     try:
-        return y.load(text)
+        data = y.load(text)
+        if _json_exact(data):
+            _cache_put(key, data, {})
+        return data
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = (e.problem or e.context or "invalid YAML").strip()

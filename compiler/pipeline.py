@@ -21,7 +21,7 @@ from .models import ModelInfo, resolve_model
 from .paths import DEFAULT_COOKBOOK, DEFAULT_OUT, SPECS_DIR
 from .render import render, template_dirs
 from .serving import Serving, default_servings, explicit_servings, rows_for
-from .write import Planned, apply, check_component, clean_stale_temps, ensure_folder, plan
+from .write import Planned, apply_many, check_component, clean_stale_temps, plan
 
 
 @dataclass
@@ -168,8 +168,4 @@ def write_planned(result: CompileResult) -> None:
     for root in roots:
         for folder in [root] + sorted(glob.glob(os.path.join(glob.escape(root), "*", ""))):
             clean_stale_temps(folder)
-    for folder in sorted({os.path.dirname(p.path) for p in result.planned
-                          if p.status in ("new", "merged", "replaced") and p.text is not None}):
-        ensure_folder(folder)
-    for p in result.planned:
-        apply(p)
+    apply_many(result.planned)

@@ -258,12 +258,17 @@ def _axis_expr(node, text: str, axes):
     return f.expr
 
 
-def choose_axes(defn: dict, rng: random.Random) -> Tuple[Dict[str, int], Dict[str, List[int]]]:
-    """Values for every axis, and index-pointer tensors, consistent with the definition's constraints."""
+def choose_axes(defn: dict, rng: random.Random, preset: Optional[Dict[str, int]] = None,
+                given: Optional[Dict[str, List[int]]] = None) -> Tuple[Dict[str, int], Dict[str, List[int]]]:
+    """Values for every axis, and index-pointer tensors, consistent with the definition's constraints.
+
+    ``preset`` fixes some var axes and ``given`` some index-pointer inputs (``defc verify`` builds those
+    from its sequence layouts); the rest is chosen here."""
     import sympy
     axes = defn.get("axes") or {}
     inputs = defn.get("inputs") or {}
     values: Dict[str, int] = {k: int(a["value"]) for k, a in axes.items() if a.get("type") == "const"}
+    values.update(preset or {})
     var = [k for k, a in axes.items() if a.get("type") == "var"]
     equations = []            # (lhs expr, rhs expr)
     from_indptr: Dict[str, str] = {}
@@ -288,7 +293,7 @@ def choose_axes(defn: dict, rng: random.Random) -> Tuple[Dict[str, int], Dict[st
                 for side in (l, r):
                     if isinstance(side, ast.Name):
                         named_sides.add(side.id)
-    indptrs: Dict[str, List[int]] = {}
+    indptrs: Dict[str, List[int]] = {k: list(v) for k, v in (given or {}).items()}
     defaults = iter(range(3, 1000))
     order = sorted((k for k in var if k not in from_indptr), key=lambda k: (k in named_sides, var.index(k)))
     while True:

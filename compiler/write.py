@@ -8,13 +8,13 @@ else is a collision that is reported and left as it is unless ``--force`` (which
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import DefcError, Location
 from .load import display_path
@@ -36,7 +36,7 @@ def dumps(doc: Dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
-# Temp files are ``.defc-{pid}-{random}.tmp`` next to their target: never a ``*.json``, so a reader
+# Temp files are ``.defc-{pid}-{n}.tmp`` next to their target: never a ``*.json``, so a reader
 # of the dataset cannot mistake a half-written file for a definition, and a later run can tell a
 # leftover of a killed process (pid gone) from a write in progress (see clean_stale_temps).
 TEMP_PREFIX = ".defc-"
@@ -47,30 +47,88 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new, never a part (temp + fsync + rename)."""
+_counter = itertools.count()
+
+
+def _write_temp(path: str, data: bytes) -> Tuple[int, str]:
+    """Create ``.defc-{pid}-{n}.tmp`` next to path and write data into it; return (open fd, temp path)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=TEMP_SUFFIX, dir=folder)
+    while True:
+        tmp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{next(_counter)}{TEMP_SUFFIX}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+            break
+        except FileExistsError:        # a leftover of an earlier process that had this pid
+            continue
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)          # mkstemp makes 0600; a dataset file is an ordinary file
-        with os.fdopen(fd, "wb") as fh:
-            slow = os.environ.get("DEFC_TEST_SLOW_WRITE")   # test hook: the interrupted-compile test
-            if slow:
-                fh.write(data[: len(data) // 2])
-                fh.flush()
-                time.sleep(float(slow))
-                data = data[len(data) // 2:]
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        view = memoryview(data)
+        slow = os.environ.get("DEFC_TEST_SLOW_WRITE")   # test hook: the interrupted-compile test
+        if slow:
+            half = len(view) // 2
+            while half:
+                half -= os.write(fd, view[:half])
+            time.sleep(float(slow))
+            view = view[len(data) // 2:]
+        while len(view):
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    return fd, tmp
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new, never a part (temp + fsync + rename)."""
+    fd, tmp = _write_temp(path, data)
+    try:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
+
+
+def atomic_write_many(items: Sequence[Tuple[str, bytes]], batch: int = 64) -> None:
+    """Write many files atomically, in batches: every temp file of a batch is written, then all
+    are synced, then renamed into place.  Syncing after the writes lets one journal commit carry a
+    whole batch (an fsync between creates makes every create wait for a commit); a kill at any
+    point leaves complete files and temp files, never a partial file under a final name."""
+    for i in range(0, len(items), batch):
+        opened: List[Tuple[int, str, str]] = []
+        synced: List[Tuple[str, str]] = []
+        try:
+            for path, data in items[i:i + batch]:
+                opened.append(_write_temp(path, data) + (path,))
+            while opened:
+                fd, tmp, path = opened.pop()
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                synced.append((tmp, path))
+            while synced:
+                tmp, path = synced[-1]
+                os.replace(tmp, path)
+                synced.pop()
+        except BaseException:
+            for fd, tmp, _ in opened:
+                os.close(fd)
+                _unlink_quietly(tmp)
+            for tmp, _ in synced:
+                _unlink_quietly(tmp)
+            raise
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -219,15 +277,30 @@ def _difference(old: Dict[str, Any], new: Dict[str, Any]) -> str:
 
 def apply(p: Planned) -> None:
     """Carry out a planned write (new, merged or replaced)."""
-    if p.status in ("new", "merged", "replaced") and p.text is not None:
-        ensure_folder(os.path.dirname(os.path.abspath(p.path)))
-        try:
+    apply_many([p])
+
+
+def apply_many(planned: Sequence[Planned]) -> None:
+    """Carry out planned writes (new, merged or replaced), atomically, in batches; the .bak of a
+    replaced file is written (and synced) before the file is replaced."""
+    todo = [p for p in planned if p.status in ("new", "merged", "replaced") and p.text is not None]
+    for folder in sorted({os.path.dirname(os.path.abspath(p.path)) for p in todo}):
+        ensure_folder(folder)
+    current = None
+    try:
+        for p in todo:
+            current = p
             if p.status == "replaced" and os.path.exists(p.path):
                 with open(p.path, "rb") as fh:
                     atomic_write_bytes(p.path + ".bak", fh.read())
-            atomic_write_text(p.path, p.text)
-        except OSError as e:
-            raise DefcError(f"cannot write: {e.strerror or e}", Location(display_path(p.path))) from None
+        current = None
+        atomic_write_many([(p.path, p.text.encode("utf-8")) for p in todo])
+    except OSError as e:
+        where = current.path if current else (getattr(e, "filename2", None) or e.filename or "")
+        where = where if isinstance(where, str) else ""
+        if where and os.path.basename(where).startswith(TEMP_PREFIX):
+            where = os.path.dirname(where)
+        raise DefcError(f"cannot write: {e.strerror or e}", Location(display_path(where)) if where else None) from None
 
 
 def location_of(path: str) -> Location:

@@ -16,6 +16,7 @@ COMMANDS = [
     "defc.cmd_trace", "defc.cmd_stage", "defc.cmd_diff",
     "defc.cmd_lint",
     "defc.cmd_validate",
+    "defc.cmd_verify",
     "defc.cmd_new_op",
     "defc.cmd_coverage",
     "defc.cmd_gap_report",

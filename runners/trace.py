@@ -163,6 +163,12 @@ class Progress:
         self.last = ""
 
 
+def _note_removed(progress: Optional[Progress], index: str, p: PassPlan, removed: List[str]) -> None:
+    if removed and progress:
+        progress.done(f"{index}{p.label()}: replacing the previous pass in {display_path(p.folder)} "
+                      f"({len(removed)} file(s) of its own)")
+
+
 def _marker(p: PassPlan, model: str, extra: Dict[str, Any]) -> Dict[str, Any]:
     m = {"tool": "defc trace", "backend": p.backend, "model": model, "tp": p.tp, "ep": p.ep,
          "page_size": p.page_size, "quantization": p.quantization}
@@ -175,6 +181,7 @@ def run_sglang_pass(p: PassPlan, model: str, *, python: str, timeout: float, che
                     progress: Optional[Progress] = None, index: str = "") -> PassResult:
     folder = os.path.abspath(p.folder)
     removed = prepare_pass_folder(folder)
+    _note_removed(progress, index, p, removed)
     started = time.time()
     marker = _marker(p, model, {"status": "running", "started": now(), "engine": p.engine, "python": python,
                                 "previous_files_removed": len(removed)})
@@ -266,6 +273,7 @@ def run_replay_pass(p: PassPlan, model: str, instances: Dict[str, List[Any]],
     from .replay import replay
     folder = os.path.abspath(p.folder)
     removed = prepare_pass_folder(folder)
+    _note_removed(progress, index, p, removed)
     started = time.time()
     marker = _marker(p, model, {"status": "running", "started": now(), "previous_files_removed": len(removed)})
     write_json(os.path.join(folder, MARKER), marker)

@@ -32,8 +32,8 @@ definitions:
     outputs:
       y: {shape: [n, hidden], dtype: bfloat16}
     reference: {template: reference/rmsnorm.py.j2, params: {eps: eps, hidden_size: hidden}}
-""" % ", ".join(str(k) for k in range(1, 41))
-N_DEFS = 40
+""" % ", ".join(str(k) for k in range(1, 101))
+N_DEFS = 100          # more than one write batch (compiler.write.atomic_write_many writes 64 at a time)
 
 
 @pytest.fixture
@@ -113,6 +113,25 @@ def test_temp_names_carry_the_pid_and_never_look_like_definitions(tmp_path, monk
     assert not seen[0].endswith(".json")
 
 
+def test_batch_write_failure_leaves_old_or_new_files_and_no_temps(tmp_path, monkeypatch):
+    items = [(str(tmp_path / "d" / f"f{i}.json"), b'{"v": %d}\n' % i) for i in range(10)]
+    W.atomic_write_many([(p, b'{"v": "old"}\n') for p, _ in items])
+    real, calls = os.replace, []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(OSError):
+        W.atomic_write_many(items, batch=8)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path / "d")) == sorted(f"f{i}.json" for i in range(10))     # no temp left
+    for p, new in items:
+        assert open(p, "rb").read() in (new, b'{"v": "old"}\n')                          # whole files only
+
+
 def test_apply_reports_os_errors_as_one_line(tmp_path):
     (tmp_path / "out").write_text("a file where the dataset folder should be\n")
     doc = {"name": "x", "op_type": "probe", "axes": {}, "inputs": {}, "outputs": {}, "reference": ""}
@@ -126,8 +145,9 @@ def test_apply_reports_os_errors_as_one_line(tmp_path):
 
 def test_killed_compile_leaves_only_complete_json_and_next_run_cleans_up(specs, tmp_path):
     out = str(tmp_path / "out")
-    # every write stops halfway for 0.2 s (test hook), so the kill lands in the middle of one
-    proc = defc_process(compile_args(specs, out), DEFC_TEST_SLOW_WRITE="0.2")
+    # every write stops halfway for 0.05 s (test hook), so the kill lands in the middle of one: after
+    # the first batch is in place, while the second batch's temp files are being written
+    proc = defc_process(compile_args(specs, out), DEFC_TEST_SLOW_WRITE="0.05")
     deadline = time.time() + 60
     try:
         while time.time() < deadline:
@@ -248,6 +268,7 @@ OWN_WRITES = {
     os.path.join("compiler", "write.py"): "the atomic writer itself",
     os.path.join("runners", "trace.py"): "a subprocess log file, not part of a dataset",
     os.path.join("runners", "sglang_pass.py"): "runs inside SGLang's process; writes its own temp + os.replace",
+    os.path.join("compiler", "load.py"): "the parse cache (~/.cache/defc), not a dataset: its own temp + os.replace",
 }
 WRITE_CALL = re.compile(r"open\([^)]*['\"](?:w|wb|a|ab|x|w\+)['\"]|\.write_text\(|\.write_bytes\(|shutil\.(?:copy|move)")
 

@@ -110,6 +110,7 @@ def case_env(meta, work):
 def test_bad_input(name, tmp_path, monkeypatch, capsys):
     work = str(tmp_path / "case")
     meta = prepare(name, work)
+    monkeypatch.setenv("DEFC_CACHE_DIR", str(tmp_path / "cache"))     # a cold parse cache: every input is parsed
     for k, v in case_env(meta, work).items():
         monkeypatch.setenv(k, v)
     if "HF_HUB_CACHE" in (meta.get("env_paths") or {}):
@@ -137,8 +138,10 @@ def test_bad_input_in_a_real_process(name, tmp_path):
     work = str(tmp_path / "case")
     meta = prepare(name, work)
     before = snapshot(work)
+    env = _subprocess_env(meta, work)
+    env["DEFC_CACHE_DIR"] = str(tmp_path / "cache")
     proc = subprocess.run([sys.executable, "-m", "defc.cli"] + list(meta["args"]), cwd=work, capture_output=True,
-                          text=True, env=_subprocess_env(meta, work), timeout=120)
+                          text=True, env=env, timeout=120)
     check_outcome(name, meta, proc.returncode, proc.stdout, proc.stderr, before, snapshot(work))
 
 

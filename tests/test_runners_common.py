@@ -8,6 +8,7 @@ ckv 512, kpe 64), written out as numbers.
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -43,6 +44,7 @@ def real_dumps() -> str:
     from flashinfer.prefill import BatchPrefillWithPagedKVCacheWrapper as Paged
     from flashinfer.prefill import BatchPrefillWithRaggedKVCacheWrapper as Ragged
     root = tempfile.mkdtemp(prefix="defc-real-dumps-")
+    atexit.register(shutil.rmtree, root, True)
     bf, i32, f32 = torch.bfloat16, torch.int32, torch.float32
     saved = {k: os.environ.get(k) for k in ("FLASHINFER_TRACE_DUMP", "FLASHINFER_TRACE_DUMP_DIR")}
     os.environ["FLASHINFER_TRACE_DUMP"] = "1"

@@ -210,3 +210,27 @@ def test_bad_recipes_are_one_line_located_errors(tmp_path, monkeypatch, trace, e
     assert expect in msg and "\n" not in msg, msg
     if "signature" not in expect:
         assert msg.startswith("rmsnorm.yaml:") and ": error: " in msg
+
+
+@pytest.mark.parametrize("model,tp", [("llama-3.1-8b", 1), ("deepseek-v3", 8), ("qwen3-30b-a3b", 1)])
+def test_every_spec_recipe_replays_into_a_definition_that_pairs_up(model, tp):
+    """Every trace: recipe in specs/ (today rmsnorm's; the other families' as they add theirs) must
+    call its API, give a dump that stages into a valid Definition, and pair with its prediction."""
+    from runners.diff import Observed, Prediction, Report, compile_predictions, reconcile
+    from runners.recipes import calls_for
+    from runners.replay import trace_call
+    from runners.stage import normalise, validate
+    res = compile_predictions(model, [tp], None, None)
+    with_recipe = [n for n, insts in res.instances.items() if insts[0].trace]
+    assert with_recipe, "no spec gives a trace: recipe"
+    docs = {p.doc["name"]: p.doc for p in res.planned}
+    for name in with_recipe:
+        inst = res.instances[name][0]
+        for call in calls_for(inst):
+            out = normalise(trace_call(call), "replay")
+            assert not out.skipped, (name, out.skipped)
+            assert validate(dict(out.doc, tags=out.doc["tags"] + ["model:x"])) == "", name
+            obs = Observed(out.doc, "replay", "replay", out.doc["name"], out.fired, out.also_as)
+            rep = reconcile([Prediction(name, docs[name], res.instances[name])], [obs], Report(model, []),
+                            lambda p: ("unexplained", ""))
+            assert rep.rows[0]["status"] in ("matched", "differs", "renamed"), (name, out.doc["name"], rep.rows)

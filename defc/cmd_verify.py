@@ -1,0 +1,109 @@
+"""``defc verify``: every compiled definition's reference against FlashInfer (kernel on CUDA, template on CPU)."""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+
+
+def register(sub) -> None:
+    p = sub.add_parser("verify", help="check each definition's reference against FlashInfer on generated inputs",
+                       description="For every definition `defc compile` would emit for the model (nothing is "
+                                   "written), build inputs that satisfy its axes and constraints, run its reference "
+                                   "and, with --device cuda, the FlashInfer API its fi_api names (with --device cpu, "
+                                   "FlashInfer's template reference reached through .fi_trace) on the same inputs, "
+                                   "and compare them with per-dtype tolerances. Writes a JSON and a Markdown report "
+                                   "(--report DIR) and exits 1 when anything failed or errored. See docs/gpu.md.")
+    p.add_argument("--model", required=True, help="catalogue slug, local config.json or model folder")
+    p.add_argument("--tp", help="TP sizes, comma list (default: the cookbook's, else 1)")
+    p.add_argument("--ep", help="EP sizes, comma list")
+    p.add_argument("--dp", help="DP sizes, comma list")
+    p.add_argument("--quantization", help="quantization keys, comma list, or 'all' (default: the model's own)")
+    p.add_argument("--op-types", help="only these op_types, comma list")
+    p.add_argument("--specs", help="only these specs (family names or paths), comma list")
+    p.add_argument("--definitions", help="only these definition names, comma list")
+    p.add_argument("--device", default="cpu", help="cpu (FlashInfer's template references) or cuda[:N] "
+                                                   "(FlashInfer's kernels); default cpu")
+    p.add_argument("--report", metavar="DIR", default=None,
+                   help="write verify-{model}-{device}.json/.md here (rewritten after every definition, so a run "
+                        "that is cut short leaves a partial report)")
+    p.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
+    p.add_argument("--max-numel", type=int, default=None,
+                   help="skip definitions whose tensors need more elements (default: runners/verify.yaml; x16 on CUDA)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes (CUDA: different FlashInfer JIT modules build in parallel); default 1")
+    p.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from compiler.errors import DefcError
+    from compiler.serving import parse_int_list
+    from defc.output import comma_list
+    from runners import verify as V
+
+    device = args.device
+    if device != "cpu" and not device.startswith("cuda"):
+        raise DefcError(f"--device must be cpu or cuda[:N], got '{device}'", field="--device")
+    if device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise DefcError("--device cuda: no CUDA GPU is visible to torch (use --device cpu for the template check)",
+                            field="--device")
+    opts = V.VerifyOptions(model=args.model, tp=parse_int_list(args.tp, "--tp"), ep=parse_int_list(args.ep, "--ep"),
+                           dp=parse_int_list(args.dp, "--dp"), quantization=comma_list(args.quantization),
+                           op_types=comma_list(args.op_types), specs=comma_list(args.specs) or (),
+                           names=comma_list(args.definitions), device=device, seed=args.seed,
+                           max_numel=args.max_numel, jobs=max(1, args.jobs))
+    command = "defc " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "defc verify"
+    started, t0 = V.now_iso(), time.time()
+    env = V.environment(device)
+    state = {"compiled": None, "results": []}
+    tty = sys.stderr.isatty() and not args.quiet
+    stem = None
+
+    def serving_label(compiled) -> str:
+        return ", ".join(s.label() for s in compiled.servings) if compiled else ""
+
+    def save(complete: bool):
+        if not args.report or stem is None:
+            return None
+        data = V.report_data(model_slug, serving_label(state["compiled"]), command, device, state["results"],
+                             started, time.time() - t0, complete, env)
+        return V.write_report(args.report, stem, data)
+
+    def on_start(name, i, total):
+        if tty:
+            sys.stderr.write(f"\r\033[K[{i + 1}/{total}] {name} …")
+            sys.stderr.flush()
+
+    def on_result(r, i, total):
+        state["results"].append(r)
+        if not args.quiet:
+            what = r.ran if r.status in ("pass", "fail") else r.why
+            line = f"[{i}/{total}] {r.status.upper():7} {r.definition}  {what[:150]}  ({r.seconds:.1f}s)"
+            sys.stderr.write(("\r\033[K" if tty else "") + line + "\n")
+            sys.stderr.flush()
+        save(False)
+
+    # compile once up front for the slug, the serving label and the report name
+    compiled, items = V.compile_for(opts)
+    state["compiled"] = compiled
+    model_slug = compiled.model.slug
+    if args.report:
+        dev = "cuda" if device.startswith("cuda") else "cpu"
+        stem = f"verify-{model_slug}-" + "-".join(s.label().replace(" ", "") for s in compiled.servings)[:80] + f"-{dev}"
+    if not args.quiet:
+        sys.stderr.write(f"defc verify {model_slug} ({serving_label(compiled)}): {len(items)} definitions on "
+                         f"{env.get('device')}, torch {env.get('torch')}, flashinfer {env.get('flashinfer')}"
+                         + (f", {opts.jobs} workers" if opts.jobs > 1 else "") + "\n")
+    _, results = V.verify_model(opts, on_result=on_result, on_start=on_start)
+    state["results"] = results
+    paths = save(True)
+    s = V.summary(results)
+    print(f"{model_slug}: {s['total']} definitions: {s['pass']} pass, {s['fail']} fail, {s['error']} error, "
+          f"{s['not-run']} not run ({time.time() - t0:.1f} s)")
+    if paths:
+        print(f"report: {paths[1]} (and .json)")
+    return 1 if (s["fail"] or s["error"]) else 0
