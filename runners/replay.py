@@ -127,18 +127,18 @@ def replay(instances: Dict[str, List[Any]], folder: str, page_size: Optional[int
 
 
 class FlashInferBackend:
-    """Hook for ``--backend flashinfer`` (issue 8): real kernel calls under FLASHINFER_TRACE_DUMP=1.
+    """``--backend flashinfer`` (issue 8): real kernel calls under FLASHINFER_TRACE_DUMP=1.
 
-    The plan: run in a child process whose environment sets FLASHINFER_TRACE_DUMP=1 and
-    FLASHINFER_TRACE_DUMP_DIR before flashinfer is imported, build each call of
-    ``recipes.calls_for(inst)`` with ``recipes.materialize(value, device="cuda", make=...)``
-    (``make`` must fill index tensors with valid data: indptr ramps, in-range indices), create and
-    plan() wrapper instances where the API is a wrapper method, and call the API itself; the
-    dumper writes the JSON before the kernel runs, so a kernel failure still leaves the dump.
+    A child process whose environment sets FLASHINFER_TRACE_DUMP=1 and FLASHINFER_TRACE_DUMP_DIR
+    before flashinfer is imported builds each definition's inputs as ``defc verify`` does (valid
+    index data: indptr ramps, in-range page ids) and calls the API, a wrapper constructed and planned
+    as the spec's ``verify.kernel`` block says; the dumper writes the JSON before the kernel runs, so a
+    kernel failure still leaves the dump (runners/verify_dump.py).
     """
 
     name = "flashinfer"
 
-    def run(self, *args, **kwargs):
-        raise DefcError("--backend flashinfer (real kernel calls on a GPU) is not implemented yet; "
-                        "use --backend replay (no GPU) or --backend sglang (a real SGLang pass)")
+    def run_pass(self, p, model: str, quantization=None, specs=(), timeout: float = 1800.0, progress=None,
+                 index: str = ""):
+        from .verify_dump import run_flashinfer_pass
+        return run_flashinfer_pass(p, model, quantization, specs, timeout, progress, index)

@@ -354,7 +354,8 @@ def numel(defn: Dict[str, Any], values: Dict[str, int]) -> int:
     return total
 
 
-def build_case(defn: Dict[str, Any], inst, vb: Dict[str, Any], seed: int, cfg: Dict[str, Any]) -> Case:
+def build_case(defn: Dict[str, Any], inst, vb: Dict[str, Any], seed: int, cfg: Dict[str, Any],
+               limit: Optional[int] = None, where: str = "") -> Case:
     """Axis values and input tensors for one definition."""
     import torch
     from compiler.validate import _Unsolvable, choose_axes
@@ -419,6 +420,10 @@ def build_case(defn: Dict[str, Any], inst, vb: Dict[str, Any], seed: int, cfg: D
         if k not in values:
             values[k] = v
             env[k] = v
+    if limit is not None:
+        n = numel(defn, values)
+        if n > limit:
+            raise NotRun(f"inputs and outputs need {n:,} elements (limit {limit:,}{where}; --max-numel raises it)")
     var_min = min([values[k] for k in var] or [2])
     for k, t in inputs.items():
         shape = t.get("shape")
@@ -1021,13 +1026,9 @@ def _verify_into(res: Result, defn, inst, device: str, cfg, seed: int, max_numel
             vb_case["inputs"] = {**(vb.get("inputs") or {}), **tb["inputs"]}
     else:
         vb_case = vb
-    case = build_case(defn, inst, vb_case, seed, cfg)
-    res.sizes = case.var_sizes(defn)
     limit = max_numel or int(cfg.get("max_numel_cpu", 1 << 26)) * (16 if cuda else 1)
-    n = numel(defn, case.values)
-    if n > limit:
-        raise NotRun(f"inputs and outputs need {n:,} elements (limit {limit:,} on {'CUDA' if cuda else 'CPU'}; "
-                     f"--max-numel raises it)")
+    case = build_case(defn, inst, vb_case, seed, cfg, limit, f" on {'CUDA' if cuda else 'CPU'}")
+    res.sizes = case.var_sizes(defn)
     # the other side first: when it cannot run, the reference need not either
     if cuda:
         theirs = _kernel_side(res, kb, inst, case, device, defn, cfg)
@@ -1336,3 +1337,55 @@ def write_report(report_dir: str, stem: str, data: Dict[str, Any]) -> Tuple[str,
 
 def now_iso() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def check_kernel_call(defn: Dict[str, Any], inst, cfg: Optional[Dict[str, Any]] = None) -> List[str]:
+    """Without a GPU: the verify.kernel call (and its alternative) resolved on CPU inputs and bound to the
+    API's signature (constructor, plan() and the call itself).  Problems as one-line strings."""
+    import inspect
+    cfg = cfg or defaults()
+    vb = (inst.verify if inst is not None else None) or {}
+    problems: List[str] = []
+    try:
+        _check_block(vb)
+        case = build_case(defn, inst, vb, 0, cfg, int(cfg.get("max_numel_cpu", 1 << 26)))
+    except NotRun:
+        return problems
+    except RecipeError as e:
+        return [f"{defn['name']}: {e}"]
+    blocks = [("kernel", vb.get("kernel") or {})]
+    if (vb.get("kernel") or {}).get("alternative"):
+        blocks.append(("kernel.alternative", vb["kernel"]["alternative"]))
+    for label, kb in blocks:
+        tensors = device_copies(case, "cpu")
+        try:
+            api = kb.get("api") or (inst.trace or {}).get("api") or inst.fi_api
+            if not api:
+                continue
+            if "args" in kb:
+                args = resolve_args(kb["args"], case, "cpu", f"verify.{label}.args", tensors)
+            else:
+                api_r, args = recipe_args(inst, case, "cpu", tensors)
+                api = kb.get("api") or api_r
+            owner, attr, fn = _api_object(api)
+            if owner is not None:
+                init = resolve_args(kb.get("init") or {}, case, "cpu", f"verify.{label}.init", tensors)
+                inspect.signature(owner.__init__).bind(None, **init)
+                if "plan" in kb:
+                    plan = resolve_args(kb["plan"], case, "cpu", f"verify.{label}.plan", tensors)
+                    inspect.signature(owner.plan).bind(None, **plan)
+                inspect.signature(getattr(owner, attr)).bind(None, **args)
+            else:
+                inspect.signature(fn).bind(**args)
+            for out_name, path in (kb.get("from_args") or {}).items():
+                _arg_after_call(args, path, f"verify.{label}.from_args.{out_name}")
+                if out_name not in (defn.get("outputs") or {}):
+                    problems.append(f"{defn['name']}: verify.{label}.from_args: no output '{out_name}'")
+            for n in kb.get("returns") or []:
+                if n and n not in (defn.get("outputs") or {}):
+                    problems.append(f"{defn['name']}: verify.{label}.returns: no output '{n}'")
+        except NotRun as e:
+            problems.append(f"{defn['name']}: {label}: {e}")
+        except (RecipeError, TypeError) as e:
+            problems.append(f"{defn['name']}: verify.{label}: {e}")
+    return problems

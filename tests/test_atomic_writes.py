@@ -113,7 +113,10 @@ def test_temp_names_carry_the_pid_and_never_look_like_definitions(tmp_path, monk
     assert not seen[0].endswith(".json")
 
 
-def test_batch_write_failure_leaves_old_or_new_files_and_no_temps(tmp_path, monkeypatch):
+@pytest.mark.parametrize("syncfs", [True, False])
+def test_batch_write_failure_leaves_old_or_new_files_and_no_temps(tmp_path, monkeypatch, syncfs):
+    if not syncfs:
+        monkeypatch.setattr(W, "_SYNCFS", [None])      # the portable path: an fsync per file
     items = [(str(tmp_path / "d" / f"f{i}.json"), b'{"v": %d}\n' % i) for i in range(10)]
     W.atomic_write_many([(p, b'{"v": "old"}\n') for p, _ in items])
     real, calls = os.replace, []
@@ -126,7 +129,7 @@ def test_batch_write_failure_leaves_old_or_new_files_and_no_temps(tmp_path, monk
     monkeypatch.setattr(os, "replace", flaky)
     with pytest.raises(OSError):
         W.atomic_write_many(items, batch=8)
-    monkeypatch.undo()
+    monkeypatch.setattr(os, "replace", real)
     assert sorted(os.listdir(tmp_path / "d")) == sorted(f"f{i}.json" for i in range(10))     # no temp left
     for p, new in items:
         assert open(p, "rb").read() in (new, b'{"v": "old"}\n')                          # whole files only

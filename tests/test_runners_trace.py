@@ -212,7 +212,8 @@ def test_bad_recipes_are_one_line_located_errors(tmp_path, monkeypatch, trace, e
         assert msg.startswith("rmsnorm.yaml:") and ": error: " in msg
 
 
-@pytest.mark.parametrize("model,tp", [("llama-3.1-8b", 1), ("deepseek-v3", 8), ("qwen3-30b-a3b", 1)])
+@pytest.mark.parametrize("model,tp", [("llama-3.1-8b", 1), ("deepseek-v3", 8), ("qwen3-30b-a3b", 1),
+                                      ("qwen3-next-80b-a3b", 2), ("nemotron-h-8b", 1)])   # + gdn, mamba_ssu
 def test_every_spec_recipe_replays_into_a_definition_that_pairs_up(model, tp):
     """Every trace: recipe in specs/ (today rmsnorm's; the other families' as they add theirs) must
     call its API, give a dump that stages into a valid Definition, and pair with its prediction."""
@@ -234,3 +235,32 @@ def test_every_spec_recipe_replays_into_a_definition_that_pairs_up(model, tp):
             rep = reconcile([Prediction(name, docs[name], res.instances[name])], [obs], Report(model, []),
                             lambda p: ("unexplained", ""))
             assert rep.rows[0]["status"] in ("matched", "differs", "renamed"), (name, out.doc["name"], rep.rows)
+
+
+@pytest.mark.parametrize("model,tp,ep", [("gpt-oss-20b", 1, 1), ("deepseek-v3", 8, 8), ("qwen3-next-80b-a3b", 4, 1)])
+def test_quantized_recipes_replay_and_pair_up(model, tp, ep):
+    """The recipes of every quantization variant (each instance, so NVFP4 and MXFP4 of a shared FP4
+    definition both run) call their API and pair with their prediction.  The packed FP4 / MX scale
+    tensors the APIs take are uint8, which flashinfer-bench's Definition has no dtype for, so the
+    only validation problem allowed is a uint8 dtype."""
+    from runners.diff import Observed, Prediction, Report, compile_predictions, reconcile
+    from runners.recipes import calls_for
+    from runners.replay import trace_call
+    from runners.stage import normalise, validate
+    res = compile_predictions(model, [tp], [ep], ["all"])
+    docs = {p.doc["name"]: p.doc for p in res.planned}
+    seen = set()
+    for name, insts in res.instances.items():
+        for inst in insts:
+            if not inst.trace:
+                continue
+            for call in calls_for(inst):
+                out = normalise(trace_call(call), "replay")
+                problem = validate(dict(out.doc, tags=out.doc["tags"] + ["model:x"]))
+                assert problem == "" or "uint8" in str(out.doc), (name, problem)
+                obs = Observed(out.doc, "replay", "replay", out.doc["name"], out.fired, out.also_as)
+                rep = reconcile([Prediction(name, docs[name], insts)], [obs], Report(model, []),
+                                lambda p: ("unexplained", ""))
+                assert rep.rows[0]["status"] in ("matched", "differs", "renamed"), (name, out.doc["name"], rep.rows)
+                seen.add(inst.env.get("quantization"))
+    assert {"fp8", "nvfp4", "mxfp4"} <= seen, seen
