@@ -1157,13 +1157,20 @@ def _worker(payload: Dict[str, Any]) -> Dict[str, Any]:
     return verify_one(doc, inst, opts.device, defaults(), opts.seed, opts.max_numel).as_dict()
 
 
-def _order_for_pool(items):
-    """Round-robin over fi_api, so the first tasks the workers take build different JIT modules."""
+def _order_for_pool(items, start_first: Sequence[str] = ()):
+    """Round-robin over fi_api, so the first tasks the workers take build different JIT modules; APIs
+    matching a start_first glob (long JIT builds, runners/verify.yaml) lead."""
     groups: Dict[str, List] = {}
     for it in items:
         groups.setdefault(_fi_api_of(it[0]), []).append(it)
     out = []
-    queues = list(groups.values())
+
+    def rank(api):
+        for i, g in enumerate(start_first):
+            if fnmatch.fnmatch(api, g):
+                return i
+        return len(start_first)
+    queues = [groups[k] for k in sorted(groups, key=rank)]
     while any(queues):
         for q in queues:
             if q:
@@ -1192,21 +1199,36 @@ def verify_model(opts: VerifyOptions, on_result: Optional[Callable[[Result, int,
         return compiled, results
     import concurrent.futures as cf
     import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
     payload_opts = {k: v for k, v in opts.__dict__.items()}
     payload_opts["specs"] = list(opts.specs)
-    ordered = _order_for_pool(items)
-    with cf.ProcessPoolExecutor(max_workers=opts.jobs, mp_context=mp.get_context("spawn")) as ex:
-        futs = {ex.submit(_worker, {"opts": payload_opts, "name": d["name"]}): d for d, _ in ordered}
-        for fut in cf.as_completed(futs):
-            d = futs[fut]
-            try:
-                r = Result.from_dict(fut.result())
-            except Exception as e:  # a worker died (e.g. a kernel crashed the process)
-                r = Result(d["name"], d.get("op_type", ""), _fi_api_of(d), "error",
-                           why=f"the worker process failed: {type(e).__name__}: {e}"[:300])
-            results.append(r)
-            if on_result:
-                on_result(r, len(results), total)
+    ordered = _order_for_pool(items, cfg.get("start_first") or [])
+    by_name = {d["name"]: d for d, _ in items}
+    pending = [d["name"] for d, _ in ordered]
+    ctx = mp.get_context("spawn")
+
+    def record(r: Result) -> None:
+        results.append(r)
+        if r.definition in pending:
+            pending.remove(r.definition)
+        if on_result:
+            on_result(r, len(results), total)
+    try:
+        with cf.ProcessPoolExecutor(max_workers=opts.jobs, mp_context=ctx) as ex:
+            futs = {ex.submit(_worker, {"opts": payload_opts, "name": n}): n for n in list(pending)}
+            for fut in cf.as_completed(futs):
+                record(Result.from_dict(fut.result()))
+    except BrokenProcessPool:
+        pass      # a kernel took its worker down: the rest run one at a time, so the culprit is known
+    for n in list(pending):
+        d = by_name[n]
+        try:
+            with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
+                r = Result.from_dict(ex.submit(_worker, {"opts": payload_opts, "name": n}).result())
+        except Exception as e:
+            r = Result(n, d.get("op_type", ""), _fi_api_of(d), "error",
+                       why=f"the worker process died running it: {type(e).__name__}: {e}"[:300])
+        record(r)
     order = {d["name"]: i for i, (d, _) in enumerate(items)}
     results.sort(key=lambda r: order.get(r.definition, 0))
     return compiled, results
