@@ -305,19 +305,8 @@ def live_registry() -> TraceRegistry:
 
 def resolves(api: str) -> bool:
     """Whether a dotted FlashInfer name imports (flashinfer must be importable)."""
-    parts = api.split(".")
-    for i in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except Exception:
-            continue
-        try:
-            for p in parts[i:]:
-                obj = getattr(obj, p)
-            return True
-        except AttributeError:
-            return False
-    return False
+    from .dotted import resolve
+    return resolve(api) is not None
 
 
 def bundled_registry(path: str = BUNDLED_APIS) -> TraceRegistry:

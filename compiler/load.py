@@ -217,8 +217,19 @@ def _json_exact(x) -> bool:
     return x is None or isinstance(x, (str, int, bool))
 
 
+def _yaml_error(e, shown: str) -> DefcError:
+    """A ruamel parse error as one located line."""
+    from ruamel.yaml.error import MarkedYAMLError
+    if isinstance(e, MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        problem = (e.problem or e.context or "invalid YAML").strip()
+        return DefcError(f"invalid YAML: {problem}",
+                         Location(shown, mark.line + 1 if mark else 0, mark.column + 1 if mark else 0))
+    return DefcError(f"invalid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}", Location(shown))
+
+
 def _parse_yaml(text: str, shown: str) -> Located:
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    from ruamel.yaml.error import YAMLError
     from ruamel.yaml.constructor import DuplicateKeyError
     if "\x00" in text:
         raise DefcError("file contains a NUL character", Location(shown, text[: text.index("\x00")].count("\n") + 1, 1))
@@ -229,13 +240,8 @@ def _parse_yaml(text: str, shown: str) -> Located:
         key = str(e.problem).split('"')[1] if '"' in str(e.problem) else ""
         msg = f"duplicate key '{key}'" if key else "duplicate key"
         raise DefcError(msg, Location(shown, mark.line + 1 if mark else 0, mark.column + 1 if mark else 0)) from None
-    except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        problem = (e.problem or e.context or "invalid YAML").strip()
-        raise DefcError(f"invalid YAML: {problem}",
-                        Location(shown, mark.line + 1 if mark else 0, mark.column + 1 if mark else 0)) from None
     except YAMLError as e:
-        raise DefcError(f"invalid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}", Location(shown)) from None
+        raise _yaml_error(e, shown) from None
     except RecursionError:
         raise DefcError("invalid YAML: nested too deeply", Location(shown)) from None
     positions: Dict[Path, Tuple[int, int]] = {}
@@ -277,7 +283,7 @@ def load_json(path: str, what: str = "JSON file") -> Any:
 def load_safe_yaml(path: str, what: str = "YAML file") -> Any:
     """Fast load without positions (catalogue and cookbook data)."""
     from ruamel.yaml import YAML
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    from ruamel.yaml.error import YAMLError
     shown = display_path(path)
     text = read_text(path, what)
     key = "safe-" + CACHE_VERSION + "-" + hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -291,10 +297,5 @@ def load_safe_yaml(path: str, what: str = "YAML file") -> Any:
         if _json_exact(data):
             _cache_put(key, data, {})
         return data
-    except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        problem = (e.problem or e.context or "invalid YAML").strip()
-        raise DefcError(f"invalid YAML: {problem}",
-                        Location(shown, mark.line + 1 if mark else 0, mark.column + 1 if mark else 0)) from None
     except YAMLError as e:
-        raise DefcError(f"invalid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}", Location(shown)) from None
+        raise _yaml_error(e, shown) from None

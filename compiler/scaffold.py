@@ -137,19 +137,8 @@ def _import_for(api: str):
 
 
 def _resolve(api: str):
-    parts = api.split(".")
-    for i in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except Exception:
-            continue
-        try:
-            for p in parts[i:]:
-                obj = getattr(obj, p)
-            return obj
-        except AttributeError:
-            return None
-    return None
+    from .dotted import resolve
+    return resolve(api)
 
 
 def find_templates(api: str) -> Tuple[str, List[Tuple[str, Any, str]]]:

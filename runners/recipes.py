@@ -296,25 +296,13 @@ def resolve_api(path: str):
     """'flashinfer.norm.rmsnorm' or 'flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper.run'.
 
     A class resolves to its ``run`` (the traced method of FlashInfer's wrappers)."""
-    import importlib
     import inspect
-    parts = path.split(".")
-    obj = None
-    for i in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        except Exception as e:  # a module that fails to import for another reason
-            raise DefcError(f"cannot import {'.'.join(parts[:i])}: {type(e).__name__}: {e}") from None
-        try:
-            for p in parts[i:]:
-                obj = getattr(obj, p)
-        except AttributeError:
-            raise DefcError(f"FlashInfer has no '{path}'") from None
-        break
-    else:
-        raise DefcError(f"cannot import any module of '{path}'")
+    from compiler.dotted import DottedNameError, locate
+    try:
+        obj = locate(path)[1]
+    except DottedNameError as e:
+        msg = str(e)
+        raise DefcError(f"FlashInfer has {msg}" if msg.startswith("no '") else msg) from None
     if inspect.isclass(obj) and hasattr(obj, "run"):
         obj = getattr(obj, "run")
     return obj
