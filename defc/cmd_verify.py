@@ -63,8 +63,11 @@ def run(args) -> int:
     tty = sys.stderr.isatty() and not args.quiet
     stem = None
 
+    def one_label(s) -> str:
+        return s.label() + (f" {s.quantization}" if s.quantization else "")
+
     def serving_label(compiled) -> str:
-        return ", ".join(s.label() for s in compiled.servings) if compiled else ""
+        return ", ".join(one_label(s) for s in compiled.servings) if compiled else ""
 
     def save(complete: bool):
         if not args.report or stem is None:
@@ -93,7 +96,7 @@ def run(args) -> int:
     model_slug = compiled.model.slug
     if args.report:
         dev = "cuda" if device.startswith("cuda") else "cpu"
-        stem = f"verify-{model_slug}-" + "-".join(s.label().replace(" ", "") for s in compiled.servings)[:80] + f"-{dev}"
+        stem = f"verify-{model_slug}-" + "-".join(one_label(s).replace(" ", "") for s in compiled.servings)[:80] + f"-{dev}"
     if not args.quiet:
         sys.stderr.write(f"defc verify {model_slug} ({serving_label(compiled)}): {len(items)} definitions on "
                          f"{env.get('device')}, torch {env.get('torch')}, flashinfer {env.get('flashinfer')}"

@@ -245,14 +245,15 @@ def sequence_layout(spec: Dict[str, Any], env: Dict[str, Any], rng: random.Rando
     return arrays, scalars
 
 
-BUILDER_KINDS = ("layout", "uniform", "normal", "fill", "randint", "softmax", "bytes", "value", "rsqrt", "eye")
+BUILDER_KINDS = ("layout", "uniform", "normal", "fill", "randint", "softmax", "bytes", "value", "rsqrt", "eye",
+                 "permutation")
 
 
 def _builder_kind(spec: Dict[str, Any], what: str) -> str:
     kinds = [k for k in BUILDER_KINDS if k in spec]
     if len(kinds) != 1:
         raise RecipeError(f"{what}: an input builder needs exactly one of {', '.join(BUILDER_KINDS)}")
-    extra = set(spec) - set(BUILDER_KINDS) - {"dtype", "when"}
+    extra = set(spec) - set(BUILDER_KINDS) - {"dtype", "when", "tie"}
     if extra:
         raise RecipeError(f"{what}: unknown builder field '{sorted(extra)[0]}'")
     return kinds[0]
@@ -273,6 +274,11 @@ def build_tensor(spec: Dict[str, Any], shape: Optional[Tuple[int, ...]], dtype: 
             return _formula_value(arg, env, what)
         raise RecipeError(f"{what}: a scalar input takes value/rsqrt/fill")
     tdt = torch_dtype(dtype)
+    if spec.get("tie"):                      # one value along these dimensions (a broadcast parameter)
+        dims = [d % len(shape) for d in spec["tie"]]
+        small = tuple(1 if i in dims else n for i, n in enumerate(shape))
+        inner = {k: v for k, v in spec.items() if k != "tie"}
+        return build_tensor(inner, small, dtype, env, arrays, gen, what).expand(shape).contiguous()
     if kind == "layout":
         if arg not in arrays:
             raise RecipeError(f"{what}: no layout array '{arg}' (verify.sequences gives: {', '.join(sorted(arrays)) or 'none'})")
@@ -298,6 +304,12 @@ def build_tensor(spec: Dict[str, Any], shape: Optional[Tuple[int, ...]], dtype: 
         if hi <= lo:
             raise RecipeError(f"{what}: randint [{lo}, {hi}) is empty")
         return torch.randint(lo, hi, shape, generator=gen, dtype=torch.int64).to(tdt)
+    elif kind == "permutation":               # distinct values from range(n), e.g. cache slots
+        n = _int_value(arg, env, what)
+        count = math.prod(shape)
+        if count > n:
+            raise RecipeError(f"{what}: {count} distinct values wanted from range({n})")
+        return torch.randperm(n, generator=gen)[:count].reshape(shape).to(tdt)
     elif kind == "softmax":
         t = float(_formula_value(arg, env, what))
         x = torch.softmax(torch.randn(shape, generator=gen, dtype=torch.float32) * t, dim=-1)
@@ -880,6 +892,8 @@ def compare(name: str, ours, theirs, tol: Dict[str, Any]) -> OutputCheck:
         pct = 100.0 * bad.float().mean().item()
         diff = (a.to(torch.int64) - b.to(torch.int64)).abs()
         return OutputCheck(name, pct <= maxpct, float(diff.max().item()), None, round(pct, 4), None, tol)
+    if "float4" in str(a.dtype) or "float4" in str(b.dtype):
+        a, b = fp4_values(a), fp4_values(b)
     af, bf = a.to(torch.float32), b.to(torch.float32)
     both_inf = torch.isinf(af) & torch.isinf(bf) & (torch.sign(af) == torch.sign(bf))
     nan_same = torch.isnan(af) & torch.isnan(bf)
@@ -905,6 +919,17 @@ def compare(name: str, ours, theirs, tol: Dict[str, Any]) -> OutputCheck:
         note = f"{note}; {reshaped}" if note else reshaped
     return OutputCheck(name, ok, _r(diff.max().item()), _r(rel.max().item()), round(pct, 4),
                        None if cos is None else round(cos, 7), tol, note)
+
+
+E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+def fp4_values(t):
+    """Packed float4_e2m1 (two per byte) → float32 values, last dimension doubled (low nibble first)."""
+    import torch
+    u = t.view(torch.uint8).to(torch.int64)
+    lut = torch.tensor(E2M1, dtype=torch.float32)
+    return torch.stack([lut[u & 15], lut[u >> 4]], dim=-1).reshape(*u.shape[:-1], u.shape[-1] * 2)
 
 
 def _r(x: float) -> float:
@@ -1015,6 +1040,11 @@ def _verify_into(res: Result, defn, inst, device: str, cfg, seed: int, max_numel
         why = _skip_reason(tb.get("skip"), senv, "verify.template.skip")
         if why:
             raise NotRun(why)
+    if cuda:
+        req, sm = kb.get("requires_sm"), gpu_sm()
+        if req and sm is not None and sm not in [int(x) for x in req] and not kb.get("alternative"):
+            raise NotRun(f"needs SM {', '.join(str(x) for x in req)}, this GPU is SM {sm}"
+                         + (f": {kb['why']}" if kb.get("why") else ""))
     seed = int(vb.get("seed", seed))
     if not cuda and any(k in tb for k in ("sequences", "vars", "inputs")):
         # the template reference needs other inputs (a named difference says why): they replace the block's
