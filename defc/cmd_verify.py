@@ -1,7 +1,6 @@
 """``defc verify``: every compiled definition's reference against FlashInfer (kernel on CUDA, template on CPU)."""
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import time
@@ -37,6 +36,20 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _command(args) -> str:
+    """The command line, rebuilt from the parsed options (main() may have been given its own argv)."""
+    parts = ["defc", "verify"]
+    for opt in ("model", "tp", "ep", "dp", "quantization", "op_types", "specs", "definitions", "device", "report",
+                "seed", "max_numel", "jobs"):
+        v = getattr(args, opt, None)
+        if v is None or (opt == "seed" and v == 0) or (opt == "jobs" and v == 1) or (opt == "device" and v == "cpu"):
+            continue
+        parts += ["--" + opt.replace("_", "-"), str(v)]
+    if getattr(args, "quiet", False):
+        parts.append("--quiet")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def run(args) -> int:
     from compiler.errors import DefcError
     from compiler.serving import parse_int_list
@@ -56,7 +69,7 @@ def run(args) -> int:
                            op_types=comma_list(args.op_types), specs=comma_list(args.specs) or (),
                            names=comma_list(args.definitions), device=device, seed=args.seed,
                            max_numel=args.max_numel, jobs=max(1, args.jobs))
-    command = "defc " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "defc verify"
+    command = _command(args)
     started, t0 = V.now_iso(), time.time()
     env = V.environment(device)
     state = {"compiled": None, "results": []}

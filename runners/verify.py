@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from compiler import formula as F
 from compiler.errors import DefcError
-from compiler.load import display_path, load_safe_yaml
+from compiler.load import load_safe_yaml
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "verify.yaml")
 VERIFY_KEYS = {"vars", "sequences", "inputs", "kernel", "template", "tolerance", "differences", "seed", "note",
@@ -278,7 +278,7 @@ def build_tensor(spec: Dict[str, Any], shape: Optional[Tuple[int, ...]], dtype: 
         dims = [d % len(shape) for d in spec["tie"]]
         small = tuple(1 if i in dims else n for i, n in enumerate(shape))
         inner = {k: v for k, v in spec.items() if k != "tie"}
-        return build_tensor(inner, small, dtype, env, arrays, gen, what).expand(shape).contiguous()
+        return build_tensor(inner, small, dtype, env, arrays, gen, what).expand(shape)   # stride 0, as served
     if kind == "layout":
         if arg not in arrays:
             raise RecipeError(f"{what}: no layout array '{arg}' (verify.sequences gives: {', '.join(sorted(arrays)) or 'none'})")
@@ -546,7 +546,16 @@ def resolve_args(block: Dict[str, Any], case: Case, device: str, what: str, tens
 def device_copies(case: Case, device: str) -> Dict[str, Any]:
     """Fresh copies of the inputs on ``device`` (in-place kernels must not touch the originals)."""
     import torch
-    return {k: (v.detach().clone().to(device) if isinstance(v, torch.Tensor) else v) for k, v in case.inputs.items()}
+
+    def copy(t):
+        zero = [d for d in range(t.dim()) if t.stride(d) == 0 and t.shape[d] > 1]
+        if not zero:
+            return t.detach().clone().to(device)
+        small = t
+        for d in zero:                  # a broadcast view stays one (kernels check such strides)
+            small = small.narrow(d, 0, 1)
+        return small.detach().clone().to(device).expand(t.shape)
+    return {k: (copy(v) if isinstance(v, torch.Tensor) else v) for k, v in case.inputs.items()}
 
 
 def recipe_args(inst, case: Case, device: str, tensors) -> Tuple[str, Dict[str, Any]]:
@@ -617,10 +626,13 @@ def _api_object(path: str):
     import importlib
     import inspect
     parts = path.split(".")
+    first_error = None
     for i in range(len(parts), 0, -1):
         try:
             obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
+        except ImportError as e:
+            if first_error is None and not str(e).startswith(f"No module named '{'.'.join(parts[:i])}'"):
+                first_error = f"cannot import {'.'.join(parts[:i])}: {type(e).__name__}: {e}"
             continue
         except Exception as e:
             raise NotRun(f"cannot import {'.'.join(parts[:i])}: {type(e).__name__}: {e}") from None
@@ -629,7 +641,7 @@ def _api_object(path: str):
             for p in parts[i:]:
                 owner, obj = obj, getattr(obj, p)
         except AttributeError:
-            raise NotRun(f"FlashInfer {_fi_version()} has no '{path}'") from None
+            raise NotRun(first_error or f"FlashInfer {_fi_version()} has no '{path}'") from None
         if inspect.isclass(obj):
             return obj, "run", getattr(obj, "run")
         if owner is not None and inspect.isclass(owner):
@@ -888,6 +900,8 @@ def compare(name: str, ours, theirs, tol: Dict[str, Any]) -> OutputCheck:
     floats = a.is_floating_point() or b.is_floating_point()
     maxpct = float(tol.get("max_mismatch_pct", 0.0))
     if not floats:
+        if {a.dtype, b.dtype} == {torch.uint8, torch.int8}:   # the same bytes (e.g. UE8M0 scales)
+            a, b = a.view(torch.uint8), b.view(torch.uint8)
         bad = (a.to(torch.int64) != b.to(torch.int64))
         pct = 100.0 * bad.float().mean().item()
         diff = (a.to(torch.int64) - b.to(torch.int64)).abs()
@@ -939,14 +953,21 @@ def _r(x: float) -> float:
 # ---------------------------------------------------------------------------------------------
 # one definition
 
-def _differences(vb: Dict[str, Any], side: str) -> List[Dict[str, Any]]:
+def _differences(vb: Dict[str, Any], side: str, env: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+    """The named differences that apply to this side (and whose when: holds)."""
     out = []
     for i, d in enumerate(vb.get("differences") or []):
         if not isinstance(d, dict) or not d.get("name") or not d.get("why"):
             raise RecipeError(f"verify.differences[{i}] needs a name and a why")
+        bad = sorted(set(d) - {"name", "why", "sides", "when", "skip_outputs", "tolerance", "outputs", "inputs"})
+        if bad:
+            raise RecipeError(f"verify.differences[{i}]: unknown field '{bad[0]}'")
         sides = d.get("sides") or ["kernel", "alternative", "template"]
-        if side in sides:
-            out.append(d)
+        if side not in sides:
+            continue
+        if "when" in d and env is not None and not _truth(d["when"], env, f"verify.differences[{i}].when"):
+            continue
+        out.append(d)
     return out
 
 
@@ -1046,6 +1067,13 @@ def _verify_into(res: Result, defn, inst, device: str, cfg, seed: int, max_numel
             raise NotRun(f"needs SM {', '.join(str(x) for x in req)}, this GPU is SM {sm}"
                          + (f": {kb['why']}" if kb.get("why") else ""))
     seed = int(vb.get("seed", seed))
+    side_diffs = _differences(vb, "kernel" if cuda else "template", senv)
+    if any(d.get("inputs") for d in side_diffs):
+        # a named difference gives this side other inputs (e.g. a sink of weight zero): merged in
+        vb = dict(vb)
+        vb["inputs"] = dict(vb.get("inputs") or {})
+        for d in side_diffs:
+            vb["inputs"].update(d.get("inputs") or {})
     if not cuda and any(k in tb for k in ("sequences", "vars", "inputs")):
         # the template reference needs other inputs (a named difference says why): they replace the block's
         vb_case = dict(vb)
@@ -1068,7 +1096,7 @@ def _verify_into(res: Result, defn, inst, device: str, cfg, seed: int, max_numel
     ref_device = device if cuda else "cpu"
     args = [v.to(ref_device) if isinstance(v, torch.Tensor) else v for v in case.inputs.values()]
     ours = as_outputs(run_reference_text(defn["reference"], defn["name"], args), list(defn.get("outputs") or {}))
-    diffs = _differences(vb, res.side)
+    diffs = _differences(vb, res.side, senv)
     skip_outputs = set()
     for d in diffs:
         res.differences.append(d["name"])

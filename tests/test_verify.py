@@ -1,0 +1,242 @@
+"""defc verify (runners/verify.py) on CPU: every compiled definition's reference against FlashInfer's
+template reference (reached through .fi_trace) — the check CI runs — plus the named differences, the
+GPU-side call recipes (bound to the API signatures without a GPU) and --backend flashinfer's dump pass.
+
+GPU reports made with --device cuda on an H100 are in reports/gpu/ (docs/gpu.md)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+
+import pytest
+
+from conftest import ROOT
+
+pytest.importorskip("torch")
+pytest.importorskip("flashinfer")
+
+from runners import verify as V  # noqa: E402
+
+
+def _run(model, **kw):
+    opts = V.VerifyOptions(model=model, **kw)
+    _, results = V.verify_model(opts)
+    return {r.definition: r for r in results}
+
+
+def _bad(results):
+    return {n: f"{r.status}: {r.why}" for n, r in results.items() if r.status in ("fail", "error")}
+
+
+# ---------------------------------------------------------------------------------------------
+# the acceptance runs (CLI, with reports)
+
+@pytest.mark.parametrize("model,args,min_pass", [
+    ("llama-3.1-8b", [], 17),
+    ("deepseek-v3", [], 20),
+])
+def test_defc_verify_cpu_passes(model, args, min_pass, tmp_path, capsys):
+    from defc.cli import main
+    rc = main(["verify", "--model", model, "--device", "cpu", "--report", str(tmp_path), "--quiet"] + args)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    (jp,) = glob.glob(str(tmp_path / f"verify-{model}-*-cpu.json"))
+    data = json.load(open(jp))
+    assert data["complete"] and data["summary"]["fail"] == 0 and data["summary"]["error"] == 0
+    assert data["summary"]["pass"] >= min_pass, data["summary"]
+    for r in data["results"]:                     # every not-run says why
+        assert r["status"] != "not-run" or r["why"]
+        if r["status"] == "pass":
+            assert r["ran"].startswith("template reference") and r["outputs"]
+    md = open(jp[:-5] + ".md").read()
+    assert "| definition | fi_api | other side" in md and "flashinfer" in md and "command: `defc verify" in md
+    # the attention, MLA, norm, rope and sampling definitions are among those compared
+    passed = {r["definition"] for r in data["results"] if r["status"] == "pass"}
+    wanted = ("gqa_paged_decode", "gqa_paged_prefill", "rmsnorm", "rope", "top_k_sampling") if model.startswith("llama") \
+        else ("mla_paged_decode", "mla_paged_prefill", "rmsnorm", "gemm_fp8_nt_groupwise_n2112")
+    for w in wanted:
+        assert any(p.startswith(w) for p in passed), (w, sorted(passed))
+
+
+def test_tiny_deepseek_moe_and_mla_agree_with_flashinfer_templates(tmp_path):
+    """The full-size MoE exceeds the CPU size limit; a DeepSeek-V3-shaped config with small dims
+    checks the same spec (DeepSeek routing, FP8 block scales) against FlashInfer's template."""
+    from ruamel.yaml import YAML
+    cfg = YAML(typ="safe").load(open(os.path.join(ROOT, "catalogue", "models", "deepseek-v3.yaml")))["config"]
+    cfg.update(hidden_size=256, moe_intermediate_size=128, n_routed_experts=16, n_group=4, topk_group=2,
+               num_experts_per_tok=4, num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=64,
+               q_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, vocab_size=1000,
+               intermediate_size=512, num_hidden_layers=2, first_k_dense_replace=1)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    res = _run(str(path), tp=[1], op_types=["moe", "mla_paged"])
+    assert not _bad(res)
+    moe = [r for n, r in res.items() if n.startswith("moe_fp8_block_scale_ds_routing")]
+    assert moe and all(r.status == "pass" for r in moe)
+    assert sum(1 for n, r in res.items() if n.startswith("mla_paged") and r.status == "pass") == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# named differences: each is real (without it the sides disagree) and applied only where it says
+
+def _one(model, name, **kw):
+    c, items = V.compile_for(V.VerifyOptions(model=model, names=[name], **kw))
+    assert items, name
+    return items[0]
+
+
+def _without_template_overrides(inst):
+    import copy
+    inst2 = copy.copy(inst)
+    vb = copy.deepcopy(inst.verify)
+    for k in ("sequences", "vars", "inputs"):
+        (vb.get("template") or {}).pop(k, None)
+    vb.pop("differences", None)
+    inst2.verify = vb
+    return inst2
+
+
+def test_difference_template_reads_whole_last_page():
+    cfg = V.defaults()
+    for model, name, kw in (("llama-3.1-8b", "gqa_paged_decode_h32_kv8_d128_ps64", {}),
+                            ("deepseek-v3", "mla_paged_decode_h16_ckv512_kpe64_ps64", {"tp": [8], "ep": [8]})):
+        doc, inst = _one(model, name, **kw)
+        r = V.verify_one(doc, inst, "cpu", cfg)
+        assert r.status == "pass" and "template-reads-whole-last-page" in r.differences
+        # with partial last pages FlashInfer's template reads the stale slots and disagrees
+        r2 = V.verify_one(doc, _without_template_overrides(inst), "cpu", cfg)
+        assert r2.status == "fail", (name, r2.status, r2.why)
+
+
+def test_difference_template_is_decode():
+    cfg = V.defaults()
+    doc, inst = _one("deepseek-v3", "mla_paged_prefill_causal_h16_ckv512_kpe64_ps1", tp=[8], ep=[8])
+    r = V.verify_one(doc, inst, "cpu", cfg)
+    assert r.status == "pass" and "template-is-decode" in r.differences
+    # several new tokens per sequence: the decode template (one query per sequence) cannot follow
+    r2 = V.verify_one(doc, _without_template_overrides(inst), "cpu", cfg)
+    assert r2.status in ("fail", "error"), r2.why
+
+
+def test_difference_template_mxfp4_scale_rounds_down():
+    import torch
+    doc, inst = _one("gpt-oss-20b", "mxfp4_quantize_k2880")
+    r = V.verify_one(doc, inst, "cpu", V.defaults())
+    assert r.status == "not-run" and "template-mxfp4-scale-rounds-down" in r.why
+    # the two scale exponents: ceil here, floor in the template, equal only on exact powers of two
+    case = V.build_case(doc, inst, inst.verify, 0, V.defaults())
+    ours = V.run_reference_text(doc["reference"], doc["name"], list(case.inputs.values()))
+    _, theirs = V.call_template({}, {}, inst, case, doc)
+    s_ours = ours[1].view(torch.uint8).to(torch.int64)
+    s_theirs = theirs["scales"].view(torch.uint8).to(torch.int64)
+    x = case.inputs["input"].float().reshape(s_ours.shape[0], s_ours.shape[1], -1)
+    raw = x.abs().amax(-1) / 6.0
+    exact = torch.log2(raw) == torch.floor(torch.log2(raw))
+    assert torch.equal(s_ours[exact], s_theirs[exact])
+    assert torch.equal(s_ours[~exact], s_theirs[~exact] + 1) and (~exact).any()
+
+
+def test_difference_kernel_ignores_sinks_applies_to_the_kernel_side_only():
+    doc, inst = _one("gpt-oss-20b", "gqa_paged_decode_h64_kv8_d64_ps1_sink")
+    vb = inst.verify
+    env = dict(inst.env)
+    kern = V._differences(vb, "kernel", env)
+    assert [d["name"] for d in kern] == ["kernel-ignores-sinks"]
+    assert kern[0]["inputs"] == {"sinks": {"fill": -1.0e4}}
+    assert "kernel-ignores-sinks" not in [d["name"] for d in V._differences(vb, "template", env)]
+    # a model without sinks: the difference does not apply
+    doc2, inst2 = _one("llama-3.1-8b", "gqa_paged_decode_h32_kv8_d128_ps1")
+    assert not [d for d in V._differences(inst2.verify, "kernel", dict(inst2.env)) if d["name"] == "kernel-ignores-sinks"]
+    # a sink of -1e4 has no weight: the reference then equals the no-sink computation
+    import torch
+    case = V.build_case(doc, inst, {**vb, "inputs": {**vb["inputs"], "sinks": {"fill": -1.0e4}}}, 0, V.defaults())
+    out, lse = V.run_reference_text(doc["reference"], doc["name"], list(case.inputs.values()))
+    case.inputs["sinks"] = torch.full_like(case.inputs["sinks"], float("-inf"))
+    out2, lse2 = V.run_reference_text(doc["reference"], doc["name"], list(case.inputs.values()))
+    assert torch.equal(out, out2) and torch.allclose(lse, lse2)
+
+
+def test_every_named_difference_has_a_test():
+    text = open(__file__).read()
+    names = set()
+    for p in glob.glob(os.path.join(ROOT, "specs", "*.yaml")):
+        for m in re.finditer(r"differences:\s*\n((?:\s+- name: .*\n(?:\s{10,}.*\n)*)+)", open(p).read()):
+            names |= set(re.findall(r"- name: ([\w-]+)", m.group(1)))
+    assert names >= {"template-reads-whole-last-page", "template-is-decode", "kernel-ignores-sinks",
+                     "template-mxfp4-scale-rounds-down"}
+    for n in names:
+        assert f"test_difference_{n.replace('-', '_')}" in text, f"named difference {n} has no test"
+
+
+# ---------------------------------------------------------------------------------------------
+# the GPU side without a GPU
+
+@pytest.mark.parametrize("model,kw", [("llama-3.1-8b", {}), ("deepseek-v3", {"tp": [8], "ep": [8]}),
+                                      ("gpt-oss-20b", {}), ("nemotron-h-8b", {}), ("qwen3-next-80b-a3b", {})])
+def test_kernel_calls_bind_to_the_flashinfer_signatures(model, kw):
+    _, items = V.compile_for(V.VerifyOptions(model=model, **kw))
+    problems = [p for d, i in items for p in V.check_kernel_call(d, i)]
+    assert not problems, problems
+
+
+def test_sequence_layout_is_consistent():
+    import random
+    arrays, sc = V.sequence_layout({"count": 4, "qo_len": [1, 5], "kv_len": [1, 50], "page_size": 16}, {},
+                                   random.Random(3))
+    assert len(set(arrays["page_indices"])) == len(arrays["page_indices"]) == sc["seq_used_pages"]
+    assert max(arrays["page_indices"]) < sc["seq_num_pages"]
+    for b in range(4):
+        n = arrays["page_indptr"][b + 1] - arrays["page_indptr"][b]
+        assert (n - 1) * 16 + arrays["last_page_len"][b] == arrays["kv_lens"][b]
+        assert 1 <= arrays["last_page_len"][b] <= 16 and arrays["kv_lens"][b] >= arrays["qo_lens"][b]
+    assert arrays["positions"][-1] == arrays["kv_lens"][-1] - 1 and len(arrays["batch_indices"]) == sc["seq_total_qo"]
+
+
+def test_compare_measures():
+    import torch
+    tol = {"rtol": 0.01, "atol": 0.01, "max_mismatch_pct": 0.0}
+    a = torch.ones(4, 8)
+    assert V.compare("x", a, a.clone(), tol).ok
+    b = a.clone()
+    b[0, 0] = 2.0
+    c = V.compare("x", a, b, tol)
+    assert not c.ok and c.max_abs == 1.0 and abs(c.mismatch_pct - 100 / 32) < 1e-6
+    assert V.compare("x", a, a.reshape(32), tol).ok                      # flattened layout of the same values
+    assert not V.compare("x", a, torch.ones(5), tol).ok
+    assert not V.compare("x", a, -a, {**tol, "max_mismatch_pct": 100.0, "min_cos_sim": 0.99}).ok
+    u = torch.tensor([200, 3], dtype=torch.uint8)
+    assert V.compare("s", u.view(torch.int8), u, {"max_mismatch_pct": 0.0}).ok   # the same UE8M0 bytes
+    fp4 = torch.tensor([[0x21, 0xF7]], dtype=torch.uint8)
+    assert V.fp4_values(fp4).tolist() == [[0.5, 1.0, 6.0, -6.0]]
+
+
+def test_broadcast_inputs_stay_broadcast_on_copy():
+    doc, inst = _one("nemotron-h-8b", "mamba_ssu_decode_h128_d64_s128_ng8")
+    case = V.build_case(doc, inst, inst.verify, 0, V.defaults())
+    dt = V.device_copies(case, "cpu")["dt"]
+    assert dt.stride(-1) == 0 and dt.stride(1) == 1         # as served: the kernel checks these strides
+    assert len(set(case.inputs["state_batch_indices"].tolist())) == case.values["batch_size"]
+
+
+def test_flashinfer_backend_dump_pass_on_cpu(tmp_path):
+    """--backend flashinfer without a GPU: the real API calls run under FLASHINFER_TRACE_DUMP=1 in a child;
+    the dumper writes before the kernel, so the dumps exist and the kernels' failures are recorded."""
+    from runners.trace import plan_passes
+    from runners.verify_dump import run_flashinfer_pass
+    p = plan_passes("llama-3.1-8b", [(1, 1)], [1], str(tmp_path / "dumps"), "flashinfer")[0]
+    res = run_flashinfer_pass(p, "llama-3.1-8b", None, ("rmsnorm",), 120, None, "", device="cpu")
+    assert res.status == "ok", res.detail
+    names = sorted(os.path.basename(x)[:-5] for x in glob.glob(os.path.join(p.folder, "*.json"))
+                   if not os.path.basename(x).startswith("_"))
+    assert names == ["fused_add_rmsnorm_h4096", "rmsnorm_h4096"]
+    marker = json.load(open(os.path.join(p.folder, "_defc_pass.json")))
+    assert marker["backend"] == "flashinfer" and marker["status"] == "ok"
+    assert {r["status"] for r in marker["definitions"]} == {"dumped"}
+    assert all(r["kernel"].startswith("failed") for r in marker["definitions"])   # no CUDA here
+    # defc diff reads the pass unchanged
+    from runners.common import find_dump_sets
+    from runners.diff import compile_predictions, diff
+    rep = diff(compile_predictions("llama-3.1-8b", [1], [1], None, ("rmsnorm",)), find_dump_sets(p.folder))
+    assert {r["status"] for r in rep.rows if r["predicted"]} <= {"matched", "renamed"}
