@@ -176,6 +176,59 @@ def _marker(p: PassPlan, model: str, extra: Dict[str, Any]) -> Dict[str, Any]:
     return m
 
 
+def run_pass_process(folder: str, module: str, req_path: str, python: str, timeout: float, grace: float,
+                     marker: Dict[str, Any], started: float, progress: Optional["Progress"] = None,
+                     describe=None, header: Optional[str] = None, cwd: Optional[str] = None,
+                     on_interrupt=None):
+    """Run ``python -m module req_path`` as a dump pass; returns (status, detail, rc, log_path).
+
+    The child gets FLASHINFER_TRACE_DUMP=1 and the pass folder as FLASHINFER_TRACE_DUMP_DIR in its
+    environment before it imports anything, runs in its own process group (so a timeout or Ctrl-C
+    kills every worker it started), and writes its output to the pass folder's log.  status is
+    "timeout" when it ran past ``timeout`` seconds, else "" for the caller to judge from rc."""
+    env = dict(os.environ)
+    env["FLASHINFER_TRACE_DUMP"] = "1"
+    env["FLASHINFER_TRACE_DUMP_DIR"] = folder
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([PROJECT_ROOT] + [x for x in env.get("PYTHONPATH", "").split(os.pathsep) if x])
+    log_path = os.path.join(folder, LOG)
+    status, detail, rc = "", "", None
+    with open(log_path, "wb") as log:
+        if header:
+            log.write(header.encode())
+            log.flush()
+        try:
+            proc = subprocess.Popen([python, "-m", module, req_path], stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True, cwd=cwd)
+        except OSError as e:
+            raise DefcError(f"cannot start {python}: {e.strerror}") from None
+        try:
+            while True:
+                try:
+                    rc = proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                elapsed = time.time() - started
+                if progress and describe:
+                    progress.update(describe(elapsed))
+                if elapsed > timeout:
+                    _kill_group(proc, grace)
+                    status, detail = "timeout", f"timed out after {int(timeout)}s"
+                    break
+        except KeyboardInterrupt:
+            _kill_group(proc, grace)
+            marker.update({"status": "interrupted", "finished": now(), **(on_interrupt() if on_interrupt else {})})
+            write_json(os.path.join(folder, MARKER), marker)
+            raise
+        # the group may outlive its leader on a normal exit too (stray engine workers)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return status, detail, rc, log_path
+
+
 def run_sglang_pass(p: PassPlan, model: str, *, python: str, timeout: float, check_gpu: bool,
                     prompt: str, sampling_params: Dict[str, Any], grace: float = 10.0,
                     progress: Optional[Progress] = None, index: str = "") -> PassResult:
@@ -190,47 +243,13 @@ def run_sglang_pass(p: PassPlan, model: str, *, python: str, timeout: float, che
                "check_gpu": check_gpu}
     req_path = os.path.join(folder, REQUEST)
     write_json(req_path, request)
-    env = dict(os.environ)
-    env["FLASHINFER_TRACE_DUMP"] = "1"
-    env["FLASHINFER_TRACE_DUMP_DIR"] = folder
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([PROJECT_ROOT] + [x for x in env.get("PYTHONPATH", "").split(os.pathsep) if x])
-    log_path = os.path.join(folder, LOG)
-    status, detail, rc = "failed", "", None
-    with open(log_path, "wb") as log:
-        log.write(f"# defc trace {p.label()} {now()}: {python} -m runners.sglang_pass {req_path}\n".encode())
-        log.flush()
-        try:
-            proc = subprocess.Popen([python, "-m", "runners.sglang_pass", req_path], stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    start_new_session=True)
-        except OSError as e:
-            raise DefcError(f"cannot start {python}: {e.strerror}") from None
-        try:
-            while True:
-                try:
-                    rc = proc.wait(timeout=0.5)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                elapsed = time.time() - started
-                if progress:
-                    progress.update(f"{index}{p.label()}  {_read_phase(folder) or 'starting'}  "
-                                    f"{int(elapsed)}s  {_count_dumps(folder)} dumps")
-                if elapsed > timeout:
-                    _kill_group(proc, grace)
-                    status, detail = "timeout", f"timed out after {int(timeout)}s"
-                    break
-        except KeyboardInterrupt:
-            _kill_group(proc, grace)
-            marker.update({"status": "interrupted", "phase": _read_phase(folder), "finished": now()})
-            write_json(os.path.join(folder, MARKER), marker)
-            raise
-        # the group may outlive its leader on a normal exit too (stray engine workers)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    header = f"# defc trace {p.label()} {now()}: {python} -m runners.sglang_pass {req_path}\n"
+    describe = lambda elapsed: (f"{index}{p.label()}  {_read_phase(folder) or 'starting'}  "
+                                f"{int(elapsed)}s  {_count_dumps(folder)} dumps")
+    status, detail, rc, log_path = run_pass_process(
+        folder, "runners.sglang_pass", req_path, python, timeout, grace, marker, started,
+        progress=progress, describe=describe, header=header,
+        on_interrupt=lambda: {"phase": _read_phase(folder)})
     phase = _read_phase(folder)
     seconds = time.time() - started
     if status != "timeout":

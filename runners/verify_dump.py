@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Optional
@@ -23,9 +22,9 @@ from typing import Any, Dict, List, Optional
 from compiler.errors import DefcError
 from compiler.paths import PROJECT_ROOT
 
-REQUEST = "_defc_request.json"
+from .common import LOG, REQUEST
+
 RECORDS = "_defc_records.json"
-LOG = "_defc_trace.log"
 
 
 def _dumps(folder: str) -> List[str]:
@@ -115,7 +114,7 @@ def run_flashinfer_pass(p, model: str, quantization: Optional[str], specs=(), ti
                         progress=None, index: str = "", device: str = "cuda"):
     """One pass: the child under FLASHINFER_TRACE_DUMP=1, then the marker (with per-definition records)."""
     from .common import MARKER, now, prepare_pass_folder, write_json
-    from .trace import PassResult, _count_dumps, _kill_group, _marker, _note_removed
+    from .trace import PassResult, _count_dumps, _marker, _note_removed, run_pass_process
     folder = os.path.abspath(p.folder)
     removed = prepare_pass_folder(folder)
     _note_removed(progress, index, p, removed)
@@ -127,39 +126,10 @@ def run_flashinfer_pass(p, model: str, quantization: Optional[str], specs=(), ti
            "device": device}
     req_path = os.path.join(folder, REQUEST)
     write_json(req_path, req)
-    env = dict(os.environ)
-    env["FLASHINFER_TRACE_DUMP"] = "1"
-    env["FLASHINFER_TRACE_DUMP_DIR"] = folder
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([PROJECT_ROOT] + [x for x in env.get("PYTHONPATH", "").split(os.pathsep) if x])
-    log_path = os.path.join(folder, LOG)
-    status, detail, rc = "failed", "", None
-    with open(log_path, "wb") as log:
-        try:
-            proc = subprocess.Popen([sys.executable, "-m", "runners.verify_dump", req_path], stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    start_new_session=True, cwd=PROJECT_ROOT)
-        except OSError as e:
-            raise DefcError(f"cannot start {sys.executable}: {e.strerror}") from None
-        try:
-            while True:
-                try:
-                    rc = proc.wait(timeout=0.5)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                elapsed = time.time() - started
-                if progress:
-                    progress.update(f"{index}{p.label()}  flashinfer  {int(elapsed)}s  {_count_dumps(folder)} dumps")
-                if elapsed > timeout:
-                    _kill_group(proc, 10.0)
-                    status, detail = "timeout", f"timed out after {int(timeout)}s"
-                    break
-        except KeyboardInterrupt:
-            _kill_group(proc, 5.0)
-            marker.update({"status": "interrupted", "finished": now()})
-            write_json(os.path.join(folder, MARKER), marker)
-            raise
+    describe = lambda elapsed: f"{index}{p.label()}  flashinfer  {int(elapsed)}s  {_count_dumps(folder)} dumps"
+    status, detail, rc, log_path = run_pass_process(
+        folder, "runners.verify_dump", req_path, sys.executable, timeout, 10.0, marker, started,
+        progress=progress, describe=describe, cwd=PROJECT_ROOT)
     records = []
     rp = os.path.join(folder, RECORDS)
     if os.path.exists(rp):

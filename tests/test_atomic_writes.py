@@ -270,7 +270,6 @@ def test_unreadable_existing_file_is_a_collision_not_a_crash(specs, tmp_path, ca
 OWN_WRITES = {
     os.path.join("compiler", "write.py"): "the atomic writer itself",
     os.path.join("runners", "trace.py"): "a subprocess log file, not part of a dataset",
-    os.path.join("runners", "verify_dump.py"): "the flashinfer dump pass's subprocess log, not part of a dataset",
     os.path.join("runners", "sglang_pass.py"): "runs inside SGLang's process; writes its own temp + os.replace",
     os.path.join("compiler", "load.py"): "the parse cache (~/.cache/defc), not a dataset: its own temp + os.replace",
 }
