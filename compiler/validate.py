@@ -375,7 +375,8 @@ def make_inputs(defn: dict, values: Dict[str, int], indptrs: Dict[str, List[int]
     return out
 
 
-def _numel(defn: dict, values: Dict[str, int]) -> int:
+def numel(defn: dict, values: Dict[str, int]) -> int:
+    """Elements of all inputs and outputs of a definition at the given axis sizes."""
     total = 0
     for sect in ("inputs", "outputs"):
         for t in (defn.get(sect) or {}).values():
@@ -397,7 +398,7 @@ def _attempt(defn: dict, seed: int, max_numel: int):
         values, indptrs = choose_axes(defn, rng)
     except _Unsolvable as e:
         return ("skip", ("constraints",), f"reference not run: {e}")
-    n = _numel(defn, values)
+    n = numel(defn, values)
     if n > max_numel:
         return ("skip", ("reference",), f"reference not run: inputs and outputs need {n} elements (limit "
                                         f"{max_numel}; raise it with --max-numel)")

@@ -45,6 +45,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from compiler import formula as F
 from compiler.errors import DefcError
 from compiler.load import load_safe_yaml
+from compiler.validate import numel
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "verify.yaml")
 VERIFY_KEYS = {"vars", "sequences", "inputs", "kernel", "template", "tolerance", "differences", "seed", "note",
@@ -355,15 +356,6 @@ class Case:
         return {k: v for k, v in self.values.items() if (defn["axes"].get(k) or {}).get("type") == "var"}
 
 
-def numel(defn: Dict[str, Any], values: Dict[str, int]) -> int:
-    total = 0
-    for sect in ("inputs", "outputs"):
-        for t in (defn.get(sect) or {}).values():
-            n = 1
-            for a in t.get("shape") or []:
-                n *= values.get(a, 1)
-            total += n
-    return total
 
 
 def build_case(defn: Dict[str, Any], inst, vb: Dict[str, Any], seed: int, cfg: Dict[str, Any],
@@ -779,34 +771,23 @@ def _free_names(tree) -> set:
             for n in ast.walk(node.target):
                 if isinstance(n, ast.Name):
                     bound.add(n.id)
-    ann = set()
-    for node in ast.walk(tree):
-        subs = []
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            subs.append(node.returns)
-        if isinstance(node, ast.arg):
-            subs.append(node.annotation)
-        if isinstance(node, ast.AnnAssign):
-            subs.append(node.annotation)
-        for sub in subs:
-            if sub is not None:
-                ann |= {n.id for n in ast.walk(sub) if isinstance(n, ast.Name)}
+    ann = {n.id for sub in _annotations(tree) for n in ast.walk(sub) if isinstance(n, ast.Name)}
     return (used - bound) - (ann - _loads_outside_annotations(tree))
 
 
-def _loads_outside_annotations(tree) -> set:
-    skip = set()
+def _annotations(tree):
+    """Every annotation subtree (return, argument and variable annotations) of a module."""
     for node in ast.walk(tree):
-        subs = []
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            subs.append(node.returns)
-        if isinstance(node, ast.arg):
-            subs.append(node.annotation)
-        if isinstance(node, ast.AnnAssign):
-            subs.append(node.annotation)
-        for sub in subs:
-            if sub is not None:
-                skip |= {id(n) for n in ast.walk(sub)}
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns is not None:
+            yield node.returns
+        if isinstance(node, ast.arg) and node.annotation is not None:
+            yield node.annotation
+        if isinstance(node, ast.AnnAssign) and node.annotation is not None:
+            yield node.annotation
+
+
+def _loads_outside_annotations(tree) -> set:
+    skip = {id(n) for sub in _annotations(tree) for n in ast.walk(sub)}
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
             and id(n) not in skip}
 
