@@ -230,22 +230,16 @@ def symbol_problems(doc: Located, known: Set[str]) -> List[DefcError]:
                     S.formula(p + ("when",), t["when"], s)
                 S.text(p + ("dtype",), t.get("dtype"), s)
                 S.text(p + ("description",), t.get("description"), s)
-        for j, t in enumerate(_l(d.get("tags"))):
-            p = base + ("tags", j)
-            if isinstance(t, dict):
-                if "when" in t:
-                    S.formula(p + ("when",), t["when"], s)
-                S.text(p, t.get("tag"), s)
-            else:
-                S.text(p, t, s)
-        for j, c in enumerate(_l(d.get("constraints"))):
-            p = base + ("constraints", j)
-            if isinstance(c, dict):
-                if "when" in c:
-                    S.formula(p + ("when",), c["when"], s)
-                S.text(p, c.get("expr"), s)
-            else:
-                S.text(p, c, s)
+        # tags and constraints: a text, or {tag|expr: text, when: formula}
+        for field, text_key in (("tags", "tag"), ("constraints", "expr")):
+            for j, t in enumerate(_l(d.get(field))):
+                p = base + (field, j)
+                if isinstance(t, dict):
+                    if "when" in t:
+                        S.formula(p + ("when",), t["when"], s)
+                    S.text(p, t.get(text_key), s)
+                else:
+                    S.text(p, t, s)
         for k, v in _d(_d(d.get("reference")).get("params")).items():
             S.formula(base + ("reference", "params", k), v, s)
         S.text(base + ("name",), d.get("name"), s)
