@@ -43,7 +43,7 @@ def test_names_per_model_and_schema(compiled):
     vocab = {"llama-3.1-8b": 128256, "deepseek-v3": 129280, "qwen3-30b-a3b": 151936}
     for model, (docs, _) in compiled.items():
         v = vocab[model]
-        assert set(docs) == {f"{kind}_sampling_from_probs_v{v}" for kind in KINDS}
+        assert set(docs) == {f"{kind}_sampling_from_probs_v{v}" for kind in KINDS} | {f"top_k_renorm_probs_v{v}"}
         for name, d in docs.items():
             Definition(**d)
             assert d["op_type"] == "sampling"
@@ -51,6 +51,9 @@ def test_names_per_model_and_schema(compiled):
             assert d["axes"]["vocab_size"] == {"type": "const", "value": v,
                                               "description": f"Size of the vocabulary of {model}"}
             assert d["inputs"]["probs"]["dtype"] == "float32"
+            if name.startswith("top_k_renorm_probs"):
+                assert list(d["inputs"]) == ["probs", "top_k"] and list(d["outputs"]) == ["renormalized"]
+                continue
             assert d["outputs"]["samples"]["dtype"] == "int64"
             kind = name[:-len(f"_sampling_from_probs_v{v}")]
             knobs = {"top_k": ["top_k"], "top_p": ["top_p"], "top_k_top_p": ["top_k", "top_p"]}[kind]
@@ -180,3 +183,22 @@ def test_missing_vocab_size_is_a_one_line_error(tmp_path):
         compile_model(CompileOptions(config=str(path), specs=["sampling"], out=str(tmp_path / "o")))
     msg = str(e.value)
     assert "\n" not in msg and "sampling.yaml" in msg and "vocab_size" in msg
+
+
+def test_top_k_renorm_probs_keeps_the_k_largest_and_renormalises(tmp_path):
+    from conftest import compile_defs, load_reference
+    import torch
+    docs = compile_defs(tmp_path, "llama-3.1-8b", specs=["sampling"], tp=[1])
+    d = docs["top_k_renorm_probs_v128256"]
+    assert d["inputs"]["top_k"]["shape"] == ["batch_size"] and d["outputs"]["renormalized"]["dtype"] == "float32"
+    run = load_reference(d)
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(3, 128256, generator=g) * 3, dim=-1)
+    top_k = torch.tensor([1, 5, 50], dtype=torch.int32)
+    out = run(probs, top_k)
+    for row, k in enumerate(top_k.tolist()):
+        idx = torch.topk(probs[row], k).indices
+        want = torch.zeros_like(probs[row])
+        want[idx] = probs[row, idx] / probs[row, idx].sum()
+        torch.testing.assert_close(out[row], want)
+        assert int((out[row] > 0).sum()) == k
