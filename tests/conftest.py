@@ -37,11 +37,25 @@ def compile_into(tmp_path):
     return _c
 
 
-def load_reference(defn):
-    """Exec a definition's reference source and return its run()."""
+def reference_namespace(defn):
+    """Exec a definition's reference source; return its module namespace."""
     ns = {}
     exec(compile(defn["reference"], f"<{defn['name']}>", "exec"), ns)  # the project's own generated code
-    return ns["run"]
+    return ns
+
+
+def load_reference(defn):
+    """A definition's run()."""
+    return reference_namespace(defn)["run"]
+
+
+def compile_planned(tmp, model, specs, **kw):
+    """Compile without writing, at tp 1 (shapes that do not depend on serving configs) unless told
+    otherwise; return ({name: definition}, {name: first evaluated instance})."""
+    from compiler.pipeline import CompileOptions, compile_model
+    kw.setdefault("tp", [1])
+    res = compile_model(CompileOptions(model=model, specs=list(specs), out=os.path.join(str(tmp), "ds"), **kw))
+    return ({p.doc["name"]: p.doc for p in res.planned}, {n: insts[0] for n, insts in res.instances.items()})
 
 
 def shared_path(*parts):

@@ -4,6 +4,7 @@ dumper's definitions of mm_bf16 / tinygemm_bf16 / gemm_fp8_nt_groupwise / mm_fp4
 import pytest
 import torch
 
+from conftest import compile_planned, load_reference
 from fi_oracle import concrete_shape, const_axes, fi_trace, flashinfer, meta
 
 MODELS = ("llama-3.1-8b", "qwen3-30b-a3b", "deepseek-v3", "qwen3-next-80b-a3b", "nemotron-h-8b",
@@ -13,26 +14,13 @@ MODELS = ("llama-3.1-8b", "qwen3-30b-a3b", "deepseek-v3", "qwen3-next-80b-a3b", 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """{model: (docs by name, first instance by name)}, every quantization variant, tp 1."""
-    from compiler.pipeline import CompileOptions, compile_model
-    out = {}
-    for model in MODELS:
-        tmp = tmp_path_factory.mktemp(model)
-        # gemm shapes are parallelism-agnostic: tp 1 and an empty cookbook folder suffice
-        res = compile_model(CompileOptions(model=model, specs=["gemm"], tp=[1], quantization=["all"],
-                                           cookbook=str(tmp), out=str(tmp / "ds")))
-        out[model] = ({p.doc["name"]: p.doc for p in res.planned},
-                      {n: insts[0] for n, insts in res.instances.items()})
-    return out
+    # gemm shapes are parallelism-agnostic: tp 1 suffices
+    return {model: compile_planned(tmp_path_factory.mktemp(model), model, ["gemm"], quantization=["all"])
+            for model in MODELS}
 
 
 def plain(docs):
     return {n for n, d in docs.items() if d["op_type"] == "gemm"}
-
-
-def load(defn):
-    ns = {}
-    exec(compile(defn["reference"], f"<{defn['name']}>", "exec"), ns)  # the project's own generated code
-    return ns["run"]
 
 
 def test_curated_projection_sets(compiled):
@@ -108,7 +96,7 @@ def test_quantized_variants_cover_quantizable_projections(compiled):
 
 def test_dense_reference_matches_torch_linear(compiled):
     d = compiled["qwen3-30b-a3b"][0]["gemm_n128_k2048"]
-    run = load(d)
+    run = load_reference(d)
     g = torch.Generator().manual_seed(0)
     a = torch.randn(5, 2048, generator=g).to(torch.float16)
     b = (torch.randn(128, 2048, generator=g) / 45).to(torch.float16)
@@ -136,7 +124,7 @@ def test_fp8_reference_dequantizes_and_multiplies(compiled):
     flashinfer()
     from flashinfer.trace.templates.gemm import _gemm_fp8_nt_groupwise_reference as fi_ref
     d = compiled["deepseek-v3"][0]["gemm_fp8_nt_groupwise_n2112_k7168"]  # N = 16.5 blocks of 128
-    run = load(d)
+    run = load_reference(d)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(6, 7168, generator=g)
     w = torch.randn(2112, 7168, generator=g) / 85
@@ -170,7 +158,7 @@ def test_fp4_reference_decodes_e2m1_blocks(compiled):
     d = compiled["qwen3-30b-a3b"][0]["gemm_fp4_n5120_k2048_block_size16"]
     assert d["constraints"] == ["K_packed * 2 == K", "K_blocks * block_size == K"]
     assert (d["axes"]["K"]["value"], d["axes"]["block_size"]["value"]) == (2048, 16)
-    run = load(d)
+    run = load_reference(d)
     g = torch.Generator().manual_seed(2)
     M, N, K = 3, 5120, 2048
     ca = torch.randint(0, 16, (M, K), generator=g)
@@ -189,7 +177,7 @@ def test_fp4_reference_decodes_e2m1_blocks(compiled):
 
 def test_mxfp8_reference_applies_power_of_two_block_scales(compiled):
     d = compiled["qwen3-30b-a3b"][0]["gemm_mxfp8_n5120_k2048"]
-    run = load(d)
+    run = load_reference(d)
     g = torch.Generator().manual_seed(3)
     M, N, K = 4, 5120, 2048
     a = torch.randn(M, K, generator=g).to(torch.float8_e4m3fn)

@@ -3,6 +3,7 @@ FlashInfer's template reference, and agreement with the dumper's definition."""
 import pytest
 import torch
 
+from conftest import compile_planned, load_reference
 from fi_oracle import fi_trace, flashinfer, meta
 
 EXPECTED = {  # model -> the one rope definition it needs
@@ -19,22 +20,11 @@ EXPECTED = {  # model -> the one rope definition it needs
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    from compiler.pipeline import CompileOptions, compile_model
     out = {}
     for model in list(EXPECTED) + ["nemotron-h-8b"]:
-        tmp = tmp_path_factory.mktemp(model)
-        # tp 1 and an empty cookbook folder: the definitions do not depend on serving configs
-        res = compile_model(CompileOptions(model=model, specs=["rope"], tp=[1], cookbook=str(tmp),
-                                           out=str(tmp / "ds")))
-        out[model] = ({p.doc["name"]: p.doc for p in res.planned},
-                      {n: insts[0].aliases for n, insts in res.instances.items()})
+        docs, insts = compile_planned(tmp_path_factory.mktemp(model), model, ["rope"])
+        out[model] = (docs, {n: i.aliases for n, i in insts.items()})
     return out
-
-
-def load(defn):
-    ns = {}
-    exec(compile(defn["reference"], f"<{defn['name']}>", "exec"), ns)  # the project's own generated code
-    return ns["run"]
 
 
 def test_style_and_rotary_dim_per_model(compiled):
@@ -88,7 +78,7 @@ def test_reference_rotates_like_independent_math_and_flashinfer(compiled, model)
     flashinfer()
     from flashinfer.trace.templates.rope import _apply_rope_with_cos_sin_cache_reference as fi_ref
     d = compiled[model][0][EXPECTED[model]]
-    run = load(d)
+    run = load_reference(d)
     hd, rd = d["axes"]["head_size"]["value"], d["axes"]["rotary_dim"]["value"]
     neox = "neox" in d["name"]
     g = torch.Generator().manual_seed(7)

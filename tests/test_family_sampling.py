@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from conftest import compile_planned, reference_namespace
 from fi_oracle import concrete_shape, const_axes, fi_trace, flashinfer, meta
 
 V = 128256  # Llama-3.1 vocabulary
@@ -14,28 +15,17 @@ KINDS = ("top_k", "top_p", "top_k_top_p")
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """{model: (docs by name, aliases by name)} for a few models, compiled once."""
-    from compiler.pipeline import CompileOptions, compile_model
     out = {}
     for model in ("llama-3.1-8b", "deepseek-v3", "qwen3-30b-a3b"):
-        tmp = tmp_path_factory.mktemp(model)
-        # tp 1 and an empty cookbook folder: the definitions do not depend on serving configs
-        res = compile_model(CompileOptions(model=model, specs=["sampling"], tp=[1], cookbook=str(tmp),
-                                           out=str(tmp / "ds")))
-        out[model] = ({p.doc["name"]: p.doc for p in res.planned},
-                      {n: insts[0].aliases for n, insts in res.instances.items()})
+        docs, insts = compile_planned(tmp_path_factory.mktemp(model), model, ["sampling"])
+        out[model] = (docs, {n: i.aliases for n, i in insts.items()})
     return out
-
-
-def namespace(defn):
-    ns = {}
-    exec(compile(defn["reference"], f"<{defn['name']}>", "exec"), ns)  # the project's own generated code
-    return ns
 
 
 @pytest.fixture(scope="module")
 def refs(compiled):
     docs = compiled["llama-3.1-8b"][0]
-    return {kind: namespace(docs[f"{kind}_sampling_from_probs_v{V}"]) for kind in KINDS}
+    return {kind: reference_namespace(docs[f"{kind}_sampling_from_probs_v{V}"]) for kind in KINDS}
 
 
 def test_names_per_model_and_schema(compiled):
