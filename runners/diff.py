@@ -460,6 +460,8 @@ class Explainer:
             if st == "no-recipe":
                 return "no-recipe", f"replay: {rec.get('detail', 'no trace: recipe')}"
             if st == "failed":
+                if rec.get("kernel"):       # a --backend flashinfer pass: the real call failed
+                    return "call-failed", f"flashinfer pass: {rec.get('api', '')} {rec.get('detail', '')}"
                 return "replay-failed", f"replay: {rec.get('api', '')}.fi_trace failed: {rec.get('detail', '')}"
             if st in ("dumped", "duplicate") and rec.get("dumped_as"):
                 return "unmatched", (f"replay dumped it as {rec['dumped_as']}, which matched no prediction "

@@ -50,7 +50,9 @@ from compiler.validate import numel
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "verify.yaml")
 VERIFY_KEYS = {"vars", "sequences", "inputs", "kernel", "template", "tolerance", "differences", "seed", "note",
                "notes", "skip"}
-KERNEL_KEYS = {"api", "init", "plan", "args", "returns", "from_args", "requires_sm", "why", "alternative", "skip"}
+KERNEL_KEYS = {"api", "init", "plan", "args", "positional", "returns", "from_args", "requires_sm", "why", "alternative",
+               "skip"}
+ALTERNATIVE_KEYS = (KERNEL_KEYS - {"alternative"}) | {"when"}
 TEMPLATE_KEYS = {"call", "args", "returns", "skip", "sequences", "vars", "inputs"}
 STATUS_ORDER = ("fail", "error", "pass", "not-run")
 
@@ -471,7 +473,9 @@ def resolve_arg(spec, case: Case, device: str, what: str, tensors: Dict[str, Any
     ``name`` an input (its tensor, a fresh copy on device); ``{tensor: name, dtype: d}`` cast;
     ``{layout: array, dtype: int32}`` a layout array; ``{value: formula}``; ``{dtype: bfloat16}``
     (spelled ``{torch_dtype: …}``) a torch dtype; ``{tuple|list: [...]}``; ``{zeros|empty: [sizes],
-    dtype: d}`` a new tensor; ``{workspace: bytes}`` a zeroed uint8 buffer; null is None."""
+    dtype: d}`` a new tensor; ``{full: [sizes], fill: formula, dtype: d}``;
+    ``{workspace: bytes}`` a zeroed uint8 buffer; ``{cat: [a, b], dim: -1,
+    shape: [...]}`` tensors concatenated (then viewed); null is None."""
     import torch
     if spec is None:
         return None
@@ -482,12 +486,12 @@ def resolve_arg(spec, case: Case, device: str, what: str, tensors: Dict[str, Any
             return spec
         raise RecipeError(f"{what}: an argument is an input name or a mapping")
     kinds = [k for k in ("tensor", "layout", "value", "torch_dtype", "tuple", "list", "zeros", "empty", "workspace",
-                         "output") if k in spec]
+                         "output", "cat", "full") if k in spec]
     if len(kinds) != 1:
         raise RecipeError(f"{what}: an argument needs exactly one of tensor/layout/value/torch_dtype/tuple/list/"
-                          f"zeros/empty/workspace")
+                          f"zeros/empty/full/workspace/cat")
     kind = kinds[0]
-    extra = set(spec) - {kind, "dtype", "when", "shape"}
+    extra = set(spec) - {kind, "dtype", "when", "shape"} - {"cat": {"dim"}, "full": {"fill"}}.get(kind, set())
     if extra:
         raise RecipeError(f"{what}: unknown argument field '{sorted(extra)[0]}'")
     if kind == "value":
@@ -500,10 +504,29 @@ def resolve_arg(spec, case: Case, device: str, what: str, tensors: Dict[str, Any
     if kind == "workspace":
         n = _int_value(spec["workspace"], case.env, what)
         return torch.zeros(n, dtype=torch.uint8, device=device)
+    if kind == "full":
+        dims = tuple(_int_value(x, case.env, what) for x in spec["full"])
+        return torch.full(dims, _formula_value(spec.get("fill", 0), case.env, what),
+                          dtype=torch_dtype(spec.get("dtype", "float32")), device=device)
     if kind in ("zeros", "empty"):
         dims = tuple(_int_value(x, case.env, what) for x in spec[kind])
         dt = torch_dtype(spec.get("dtype", "float32"))
         return torch.zeros(dims, dtype=dt, device=device)
+    if kind == "cat":
+        # tensors joined along dim (default -1), then viewed as shape: e.g. the [q_nope | q_pe] query
+        # and [ckv | kpe] cache that FlashInfer's MLA calls take concatenated
+        parts = [resolve_arg(x, case, device, f"{what}.cat[{i}]", tensors) for i, x in enumerate(spec["cat"])]
+        if len(parts) < 2 or not all(isinstance(t, torch.Tensor) for t in parts):
+            raise RecipeError(f"{what}: cat takes a list of at least two tensors")
+        try:
+            v = torch.cat(parts, dim=int(spec.get("dim", -1)))
+        except RuntimeError as e:
+            raise RecipeError(f"{what}: cannot concatenate: {str(e).splitlines()[0]}") from None
+        if "dtype" in spec:
+            v = v.to(torch_dtype(spec["dtype"]))
+        if "shape" in spec:
+            v = v.reshape(tuple(_int_value(x, case.env, what) for x in spec["shape"]))
+        return v
     if kind == "layout":
         arr = case.arrays.get(spec["layout"])
         if arr is None:
@@ -650,18 +673,33 @@ def _fi_version() -> str:
         return "(not importable)"
 
 
+def kernel_call_args(kb: Dict[str, Any], inst, case: Case, device: str, tensors,
+                     label: str) -> Tuple[str, List[Any], Dict[str, Any]]:
+    """(api, positional arguments, keyword arguments) of a verify.kernel block (or its alternative)."""
+    api = kb.get("api") or (inst.trace or {}).get("api") or inst.fi_api
+    if not api:
+        raise NotRun("the spec names no FlashInfer API")
+    positional: List[Any] = []
+    if "positional" in kb:
+        # APIs that take extra arguments through *args (a JIT variant's tensors and scalars, e.g. the
+        # sink wrapper's run(q, paged_kv_cache, sinks, sm_scale)) get these first, in order
+        if not isinstance(kb["positional"], list):
+            raise RecipeError(f"verify.{label}.positional must be a list of arguments, in call order")
+        positional = [resolve_arg(v, case, device, f"verify.{label}.positional[{i}]", tensors)
+                      for i, v in enumerate(kb["positional"])]
+    if "args" in kb or positional:
+        args = resolve_args(kb.get("args") or {}, case, device, f"verify.{label}.args", tensors)
+    else:
+        api_r, args = recipe_args(inst, case, device, tensors)
+        api = kb.get("api") or api_r
+    return api, positional, args
+
+
 def call_kernel(kb: Dict[str, Any], inst, case: Case, device: str, defn) -> Tuple[str, Dict[str, Any]]:
     """Call the FlashInfer API as kb (a verify.kernel block, or its alternative) says; outputs by name."""
     import torch
     tensors = device_copies(case, device)
-    api = kb.get("api") or (inst.trace or {}).get("api") or inst.fi_api
-    if not api:
-        raise NotRun("the spec names no FlashInfer API")
-    if "args" in kb:
-        args = resolve_args(kb["args"], case, device, "verify.kernel.args", tensors)
-    else:
-        api_r, args = recipe_args(inst, case, device, tensors)
-        api = kb.get("api") or api_r
+    api, positional, args = kernel_call_args(kb, inst, case, device, tensors, "kernel")
     owner, attr, fn = _api_object(api)
     shown = api
     if owner is not None:
@@ -675,7 +713,7 @@ def call_kernel(kb: Dict[str, Any], inst, case: Case, device: str, defn) -> Tupl
             obj.plan(**plan)
         fn = getattr(obj, attr)
     with torch.no_grad():
-        result = fn(**args)
+        result = fn(*positional, **args)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     names = kb.get("returns")
@@ -824,7 +862,11 @@ def call_template(tb: Dict[str, Any], kb: Dict[str, Any], inst, case: Case, defn
     pool_layout = {k: torch.tensor(v, dtype=torch.int32) for k, v in case.arrays.items()
                    if v and not isinstance(v[0], list)}
     kwargs = {}
-    for p in inspect.signature(fn).parameters.values():
+    params = inspect.signature(fn).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        # a reference with **kwargs reads optional call arguments from it (e.g. bmm1_scale)
+        kwargs.update({k: v for k, v in explicit.items() if k not in params})
+    for p in params.values():
         if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
         if p.name in explicit:
@@ -962,6 +1004,11 @@ def _check_block(vb) -> None:
     bad = sorted(set(kb) - KERNEL_KEYS)
     if bad:
         raise RecipeError(f"unknown verify.kernel field '{bad[0]}' (allowed: {', '.join(sorted(KERNEL_KEYS))})")
+    alt = kb.get("alternative") or {}
+    bad = sorted(set(alt) - ALTERNATIVE_KEYS)
+    if bad:
+        raise RecipeError(f"unknown verify.kernel.alternative field '{bad[0]}' "
+                          f"(allowed: {', '.join(sorted(ALTERNATIVE_KEYS))})")
     tb = vb.get("template") or {}
     bad = sorted(set(tb) - TEMPLATE_KEYS)
     if bad:
@@ -1044,7 +1091,7 @@ def _verify_into(res: Result, defn, inst, device: str, cfg, seed: int, max_numel
             raise NotRun(why)
     if cuda:
         req, sm = kb.get("requires_sm"), gpu_sm()
-        if req and sm is not None and sm not in [int(x) for x in req] and not kb.get("alternative"):
+        if req and sm is not None and sm not in [int(x) for x in req] and not alternative_for(kb, senv):
             raise NotRun(f"needs SM {', '.join(str(x) for x in req)}, this GPU is SM {sm}"
                          + (f": {kb['why']}" if kb.get("why") else ""))
     seed = int(vb.get("seed", seed))
@@ -1113,6 +1160,16 @@ def _verify_into(res: Result, defn, inst, device: str, cfg, seed: int, max_numel
         res.why = "; ".join(f"{o.name}: {o.note}" for o in res.outputs if not o.ok)
 
 
+def alternative_for(kb: Dict[str, Any], env: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The kernel block's alternative when it applies to this definition (its optional when: holds)."""
+    alt = kb.get("alternative")
+    if not alt:
+        return None
+    if "when" in alt and not _truth(alt["when"], env, "verify.kernel.alternative.when"):
+        return None
+    return alt
+
+
 def _kernel_side(res: Result, kb, inst, case: Case, device: str, defn, cfg):
     sm = gpu_sm()
     named_why = ""
@@ -1133,7 +1190,7 @@ def _kernel_side(res: Result, kb, inst, case: Case, device: str, defn, cfg):
             raise
         except Exception as e:
             named_why = explain_failure(e, cfg)
-    alt = kb.get("alternative")
+    alt = alternative_for(kb, case.env)
     if not alt:
         raise NotRun(named_why)
     res.not_run_kernel = named_why
@@ -1420,19 +1477,15 @@ def check_kernel_call(defn: Dict[str, Any], inst, cfg: Optional[Dict[str, Any]] 
     except RecipeError as e:
         return [f"{defn['name']}: {e}"]
     blocks = [("kernel", vb.get("kernel") or {})]
-    if (vb.get("kernel") or {}).get("alternative"):
-        blocks.append(("kernel.alternative", vb["kernel"]["alternative"]))
+    alt = alternative_for(vb.get("kernel") or {}, case.env)
+    if alt:
+        blocks.append(("kernel.alternative", alt))
     for label, kb in blocks:
         tensors = device_copies(case, "cpu")
         try:
-            api = kb.get("api") or (inst.trace or {}).get("api") or inst.fi_api
-            if not api:
+            if not (kb.get("api") or (inst.trace or {}).get("api") or inst.fi_api):
                 continue
-            if "args" in kb:
-                args = resolve_args(kb["args"], case, "cpu", f"verify.{label}.args", tensors)
-            else:
-                api_r, args = recipe_args(inst, case, "cpu", tensors)
-                api = kb.get("api") or api_r
+            api, positional, args = kernel_call_args(kb, inst, case, "cpu", tensors, label)
             owner, attr, fn = _api_object(api)
             if owner is not None:
                 init = resolve_args(kb.get("init") or {}, case, "cpu", f"verify.{label}.init", tensors)
@@ -1440,9 +1493,9 @@ def check_kernel_call(defn: Dict[str, Any], inst, cfg: Optional[Dict[str, Any]] 
                 if "plan" in kb:
                     plan = resolve_args(kb["plan"], case, "cpu", f"verify.{label}.plan", tensors)
                     inspect.signature(owner.plan).bind(None, **plan)
-                inspect.signature(getattr(owner, attr)).bind(None, **args)
+                inspect.signature(getattr(owner, attr)).bind(None, *positional, **args)
             else:
-                inspect.signature(fn).bind(**args)
+                inspect.signature(fn).bind(*positional, **args)
             for out_name, path in (kb.get("from_args") or {}).items():
                 _arg_after_call(args, path, f"verify.{label}.from_args.{out_name}")
                 if out_name not in (defn.get("outputs") or {}):

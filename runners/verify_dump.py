@@ -94,6 +94,9 @@ def child(request_path: str) -> int:
                 rec["also_dumped"] = [n for n in new if n != rec["dumped_as"]]
         elif rec["kernel"].startswith("not called"):
             rec.update(status="failed", detail=rec["kernel"])
+        elif rec["kernel"].startswith("failed"):
+            # the call raised before FlashInfer's dumper wrote (an argument or backend check ahead of it)
+            rec.update(status="failed", detail=f"the call raised before the dumper wrote: {rec['kernel'][8:]}")
         else:
             rec.update(status="duplicate", detail="no new dump (the dumper writes the first call per name)")
         rec["seconds"] = round(time.time() - t0, 2)

@@ -138,24 +138,82 @@ def test_difference_template_mxfp4_scale_rounds_down():
     assert torch.equal(s_ours[~exact], s_theirs[~exact] + 1) and (~exact).any()
 
 
-def test_difference_kernel_ignores_sinks_applies_to_the_kernel_side_only():
+def test_sink_definitions_run_the_attention_sink_wrapper_instead_of_the_default_one():
+    # the default paged wrappers ignore sinks= on Hopper: for _sink definitions the kernel is
+    # skipped (saying why) and FlashInfer's AttentionSink variant is the kernel side
+    for name in ("gqa_paged_decode_h64_kv8_d64_ps1_sink", "gqa_paged_prefill_causal_h64_kv8_d64_ps64_swa128_sink"):
+        doc, inst = _one("gpt-oss-20b", name)
+        kb = inst.verify["kernel"]
+        env = dict(inst.env)
+        assert "do not apply it on Hopper" in V._skip_reason(kb["skip"], env, "skip")
+        alt = V.alternative_for(kb, env)
+        assert alt["api"] == "flashinfer.BatchAttentionWithAttentionSinkWrapper"
+        # the call binds to the wrapper's constructor, plan() and run(q, paged_kv_cache, *args)
+        assert V.check_kernel_call(doc, inst) == []
+        case = V.build_case(doc, inst, inst.verify, 0, V.defaults())
+        api, positional, args = V.kernel_call_args(alt, inst, case, "cpu", V.device_copies(case, "cpu"), "alt")
+        assert positional[2] is not None and tuple(positional[2].shape) == (64,)     # sinks [num_qo_heads]
+        assert positional[3] == pytest.approx(64 ** -0.5) and args == {"return_lse": True}
+    # a model without sinks: neither the skip nor the alternative applies
+    doc2, inst2 = _one("llama-3.1-8b", "gqa_paged_decode_h32_kv8_d128_ps1")
+    assert V._skip_reason(inst2.verify["kernel"].get("skip"), dict(inst2.env), "skip") is None
+    assert V.alternative_for(inst2.verify["kernel"], dict(inst2.env)) is None
+    assert V.check_kernel_call(doc2, inst2) == []
+
+
+def test_a_sink_of_no_weight_gives_the_no_sink_computation():
+    import torch
     doc, inst = _one("gpt-oss-20b", "gqa_paged_decode_h64_kv8_d64_ps1_sink")
     vb = inst.verify
-    env = dict(inst.env)
-    kern = V._differences(vb, "kernel", env)
-    assert [d["name"] for d in kern] == ["kernel-ignores-sinks"]
-    assert kern[0]["inputs"] == {"sinks": {"fill": -1.0e4}}
-    assert "kernel-ignores-sinks" not in [d["name"] for d in V._differences(vb, "template", env)]
-    # a model without sinks: the difference does not apply
-    doc2, inst2 = _one("llama-3.1-8b", "gqa_paged_decode_h32_kv8_d128_ps1")
-    assert not [d for d in V._differences(inst2.verify, "kernel", dict(inst2.env)) if d["name"] == "kernel-ignores-sinks"]
-    # a sink of -1e4 has no weight: the reference then equals the no-sink computation
-    import torch
     case = V.build_case(doc, inst, {**vb, "inputs": {**vb["inputs"], "sinks": {"fill": -1.0e4}}}, 0, V.defaults())
     out, lse = V.run_reference_text(doc["reference"], doc["name"], list(case.inputs.values()))
     case.inputs["sinks"] = torch.full_like(case.inputs["sinks"], float("-inf"))
     out2, lse2 = V.run_reference_text(doc["reference"], doc["name"], list(case.inputs.values()))
     assert torch.equal(out, out2) and torch.allclose(lse, lse2)
+
+
+def test_dsa_sparse_attention_is_compared_with_flashinfers_sparse_mla_template_at_page_size_1():
+    res = _run("deepseek-v3.2", tp=[8], ep=[8], op_types=["dsa_paged"])
+    r1 = res["dsa_sparse_attention_h16_ckv512_kpe64_topk2048_ps1"]
+    assert r1.status == "pass", r1.why
+    assert "_trtllm_batch_decode_mla_sparse_reference" in r1.ran
+    (out,) = [o for o in r1.outputs if o.name == "output"]
+    assert out.ok and out.max_abs is not None          # compared, not skipped
+    # at page size 64 FlashInfer's template reads block_tables entries as pages, not token slots
+    r64 = res["dsa_sparse_attention_h16_ckv512_kpe64_topk2048_ps64"]
+    assert r64.status == "not-run" and "page id" in r64.why
+
+
+def test_dsa_template_gets_the_softmax_scale():
+    # bmm1_scale reaches FlashInfer's template through its **kwargs: a wrong scale must fail
+    doc, inst = _one("deepseek-v3.2", "dsa_sparse_attention_h16_ckv512_kpe64_topk2048_ps1", tp=[8], ep=[8])
+    vb = dict(inst.verify)
+    vb["template"] = {**vb["template"], "args": {"bmm1_scale": 0.5}}
+    inst.verify = vb
+    r = V.verify_one(doc, inst, "cpu", V.defaults())
+    assert r.status == "fail"
+
+
+def test_cat_and_full_arguments():
+    import torch
+    doc, inst = _one("deepseek-v3.2", "dsa_sparse_attention_h16_ckv512_kpe64_topk2048_ps64", tp=[8], ep=[8])
+    case = V.build_case(doc, inst, inst.verify, 0, V.defaults())
+    t = V.device_copies(case, "cpu")
+    q = V.resolve_arg({"cat": ["q_nope", "q_pe"], "shape": ["num_tokens", 1, "num_qo_heads", "d_qk"]},
+                      case, "cpu", "q", t)
+    assert tuple(q.shape) == (3, 1, 16, 576)
+    assert torch.equal(q[:, 0, :, :512], t["q_nope"]) and torch.equal(q[:, 0, :, 512:], t["q_pe"])
+    sl = V.resolve_arg({"full": ["num_tokens"], "fill": "num_pages * page_size", "dtype": "int32"}, case, "cpu", "s", t)
+    assert sl.dtype == torch.int32 and sl.tolist() == [4096] * 3
+    with pytest.raises(V.RecipeError, match="cat takes a list of at least two tensors"):
+        V.resolve_arg({"cat": ["q_nope"]}, case, "cpu", "q", t)
+    with pytest.raises(V.RecipeError, match="cannot concatenate"):
+        V.resolve_arg({"cat": ["q_nope", "ckv_cache"], "dim": 0}, case, "cpu", "q", t)
+
+
+def test_an_unknown_alternative_field_is_an_error():
+    with pytest.raises(V.RecipeError, match="unknown verify.kernel.alternative field 'bogus'"):
+        V._check_block({"kernel": {"alternative": {"api": "x", "bogus": 1}}})
 
 
 def test_every_named_difference_has_a_test():
@@ -164,8 +222,7 @@ def test_every_named_difference_has_a_test():
     for p in glob.glob(os.path.join(ROOT, "specs", "*.yaml")):
         for m in re.finditer(r"differences:\s*\n((?:\s+- name: .*\n(?:\s{10,}.*\n)*)+)", open(p).read()):
             names |= set(re.findall(r"- name: ([\w-]+)", m.group(1)))
-    assert names >= {"template-reads-whole-last-page", "template-is-decode", "kernel-ignores-sinks",
-                     "template-mxfp4-scale-rounds-down"}
+    assert names >= {"template-reads-whole-last-page", "template-is-decode", "template-mxfp4-scale-rounds-down"}
     for n in names:
         assert f"test_difference_{n.replace('-', '_')}" in text, f"named difference {n} has no test"
 
