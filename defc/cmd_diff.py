@@ -1,6 +1,8 @@
 """``defc diff``: what defc predicts for a model vs what FlashInfer dumped (or a dataset holds)."""
 from __future__ import annotations
 
+from typing import Dict
+
 
 def register(sub) -> None:
     p = sub.add_parser("diff", help="compare compiled predictions with trace dumps or a dataset",
@@ -48,7 +50,8 @@ def run(args) -> int:
     report = diff(result, sets)
     if args.format == "json":
         emit_json({"model": report.model, "tp": tp, "ep": ep, "sources": report.sources,
-                   "summary": report.summary(), "clean": report.clean, "rows": report.rows})
+                   "summary": report.summary(), "field_differences": report.field_summary(),
+                   "clean": report.clean, "rows": report.rows})
     else:
         print(f"defc diff: {report.model} ({', '.join(s.label() for s in result.servings)}) vs "
               + "; ".join(report.sources))
@@ -61,9 +64,21 @@ def run(args) -> int:
                 print(f"  {r['predicted'] or '-'} ~ {r['dumped']}:")
                 ds = r["diffs"] if args.all_diffs else r["diffs"][:6]
                 for d in ds:
-                    print(f"    {describe_diff(d)}")
+                    print(f"    {describe_diff(d)}  [{d.get('cause') or 'no named cause'}]")
                 if len(r["diffs"]) > len(ds):
-                    print(f"    … {len(r['diffs']) - len(ds)} more (--all-diffs)")
+                    rest = r["diffs"][len(ds):]
+                    left = sum(1 for d in rest if "cause" not in d)
+                    print(f"    … {len(rest)} more (--all-diffs)" + (f", {left} without a named cause" if left else
+                                                                      ", each with a named cause"))
+            causes: Dict[str, str] = {}
+            for r in with_diffs:
+                causes.update(r.get("causes") or {})
+            if causes:
+                print("\ncauses (the specs' dump_differences):")
+                for name in sorted(causes):
+                    print(f"  {name}: {causes[name]}")
         s = report.summary()
-        print("\n" + ", ".join(f"{v} {k}" for k, v in s.items() if v or k == "matched"))
+        f = report.field_summary()
+        print("\n" + ", ".join(f"{v} {k}" for k, v in s.items() if v or k == "matched")
+              + f"; field differences: {f['explained']} with a named cause, {f['unexplained']} without")
     return 0 if report.clean else 1

@@ -191,6 +191,43 @@ def field_diffs(pred: Dict[str, Any], dump: Dict[str, Any], ignore_tags: Sequenc
     return out
 
 
+def known_differences(inst) -> List[Dict[str, Any]]:
+    """The dump_differences a spec declares for this definition (its own first, then the spec's)."""
+    if inst is None:
+        return []
+    spec = getattr(inst, "spec", None)
+    data = getattr(spec, "data", None) or {}
+    defs = data.get("definitions") or []
+    own = defs[inst.def_index].get("dump_differences") if 0 <= inst.def_index < len(defs) else None
+    return list(own or []) + list(data.get("dump_differences") or [])
+
+
+def cause_of(d: Dict[str, Any], known: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The first known difference whose field patterns (and side) cover field difference d."""
+    side = "predicted" if d["dumped"] is None else "dumped" if d["predicted"] is None else "both"
+    for k in known:
+        want = k.get("side")
+        if want and want != side:
+            continue
+        if any(fnmatch.fnmatchcase(d["field"], pat) for pat in k.get("fields") or []):
+            return k
+    return None
+
+
+def attach_causes(row: Dict[str, Any], inst) -> None:
+    """Name, on each field difference of a paired row, the spec's explanation of it (if any)."""
+    known = known_differences(inst)
+    causes: Dict[str, str] = {}
+    for d in row.get("diffs") or []:
+        k = cause_of(d, known)
+        if k is not None:
+            d["cause"] = k["name"]
+            causes[k["name"]] = " ".join(str(k.get("why", "")).split())
+    if causes:
+        row["causes"] = causes
+    row["unexplained"] = sum(1 for d in row.get("diffs") or [] if "cause" not in d)
+
+
 def _axis(a: Dict[str, Any]) -> str:
     return f"const {a.get('value')}" if a.get("type") == "const" else str(a.get("type"))
 
@@ -253,6 +290,11 @@ class Report:
     def summary(self) -> Dict[str, int]:
         keys = ("matched", "renamed", "differs", "missing", "unexpected", "conflict", "ignored", "unreadable")
         return {k: self.count(k) for k in keys}
+
+    def field_summary(self) -> Dict[str, int]:
+        """Field differences of paired rows: with a named cause, without one."""
+        ds = [d for r in self.rows for d in r.get("diffs") or []]
+        return {"explained": sum(1 for d in ds if "cause" in d), "unexplained": sum(1 for d in ds if "cause" not in d)}
 
 
 def predictions_from(result) -> List[Prediction]:
@@ -326,6 +368,7 @@ def reconcile(preds: Sequence[Prediction], observed: Sequence[Observed], report:
              "source": display_path(o.origin) if o else "", "diffs": []}
         if o:
             r["diffs"] = field_diffs(pred.doc, o.doc, ign)
+            attach_causes(r, pred.instances[0] if pred.instances else None)
             if o.dumped_as != o.doc.get("name"):
                 r["dumped_as"] = o.dumped_as
             if o.rules:
@@ -339,7 +382,12 @@ def reconcile(preds: Sequence[Prediction], observed: Sequence[Observed], report:
             o.used = True
             r = row(p, o, "matched", "same name")
             if r["diffs"]:
-                r["status"], r["how"] = "differs", "same name, different content"
+                n = r["unexplained"]
+                r["status"] = "differs"
+                r["how"] = ("same name, different content: every field difference has a named cause "
+                            f"({', '.join(r['causes'])})" if not n else
+                            f"same name, different content: {n} of {len(r['diffs'])} field differences "
+                            "have no named cause")
             results[p.name] = r
         else:
             pending.append(p)
