@@ -64,10 +64,11 @@ def run(args) -> int:
                 print(f"  {r['predicted'] or '-'} ~ {r['dumped']}:")
                 ds = r["diffs"] if args.all_diffs else r["diffs"][:6]
                 for d in ds:
-                    print(f"    {describe_diff(d)}  [{d.get('cause') or 'no named cause'}]")
+                    mark = d.get("cause") or ("no named cause" if r["predicted"] else "dump vs dump")
+                    print(f"    {describe_diff(d)}  [{mark}]")
                 if len(r["diffs"]) > len(ds):
                     rest = r["diffs"][len(ds):]
-                    left = sum(1 for d in rest if "cause" not in d)
+                    left = sum(1 for d in rest if "cause" not in d) if r["predicted"] else 0
                     print(f"    … {len(rest)} more (--all-diffs)" + (f", {left} without a named cause" if left else
                                                                       ", each with a named cause"))
             causes: Dict[str, str] = {}

@@ -109,7 +109,10 @@ def run(args) -> int:
     model_slug = compiled.model.slug
     if args.report:
         dev = "cuda" if device.startswith("cuda") else "cpu"
-        stem = f"verify-{model_slug}-" + "-".join(one_label(s).replace(" ", "") for s in compiled.servings)[:80] + f"-{dev}"
+        stem = f"verify-{model_slug}-" + "-".join(one_label(s).replace(" ", "") for s in compiled.servings)[:80]
+        if opts.op_types:         # a partial run does not take the whole run's report name
+            stem += "-" + "-".join(sorted(opts.op_types))[:60]
+        stem += f"-{dev}"
     if not args.quiet:
         sys.stderr.write(f"defc verify {model_slug} ({serving_label(compiled)}): {len(items)} definitions on "
                          f"{env.get('device')}, torch {env.get('torch')}, flashinfer {env.get('flashinfer')}"

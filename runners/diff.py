@@ -292,8 +292,10 @@ class Report:
         return {k: self.count(k) for k in keys}
 
     def field_summary(self) -> Dict[str, int]:
-        """Field differences of paired rows: with a named cause, without one."""
-        ds = [d for r in self.rows for d in r.get("diffs") or []]
+        """Field differences of paired rows: with a named cause, without one.  A conflict row's
+        differences are between two dumps (no prediction, so no spec can name a cause); the
+        conflict status itself reports them."""
+        ds = [d for r in self.rows if r.get("predicted") for d in r.get("diffs") or []]
         return {"explained": sum(1 for d in ds if "cause" in d), "unexplained": sum(1 for d in ds if "cause" not in d)}
 
 

@@ -474,6 +474,8 @@ def resolve_arg(spec, case: Case, device: str, what: str, tensors: Dict[str, Any
     ``{layout: array, dtype: int32}`` a layout array; ``{value: formula}``; ``{dtype: bfloat16}``
     (spelled ``{torch_dtype: …}``) a torch dtype; ``{tuple|list: [...]}``; ``{zeros|empty: [sizes],
     dtype: d}`` a new tensor; ``{full: [sizes], fill: formula, dtype: d}``;
+    ``{expr: "exp(-exp(A_log) * softplus(a + dt_bias))", dtype: d}`` an elementwise expression of inputs;
+    ``{tensor: x, column_major: true}`` a 2-D input stored column-major;
     ``{workspace: bytes}`` a zeroed uint8 buffer; ``{cat: [a, b], dim: -1,
     shape: [...]}`` tensors concatenated (then viewed); null is None."""
     import torch
@@ -486,12 +488,13 @@ def resolve_arg(spec, case: Case, device: str, what: str, tensors: Dict[str, Any
             return spec
         raise RecipeError(f"{what}: an argument is an input name or a mapping")
     kinds = [k for k in ("tensor", "layout", "value", "torch_dtype", "tuple", "list", "zeros", "empty", "workspace",
-                         "output", "cat", "full") if k in spec]
+                         "output", "cat", "full", "expr") if k in spec]
     if len(kinds) != 1:
         raise RecipeError(f"{what}: an argument needs exactly one of tensor/layout/value/torch_dtype/tuple/list/"
-                          f"zeros/empty/full/workspace/cat")
+                          f"zeros/empty/full/workspace/cat/expr")
     kind = kinds[0]
-    extra = set(spec) - {kind, "dtype", "when", "shape"} - {"cat": {"dim"}, "full": {"fill"}}.get(kind, set())
+    extra = set(spec) - {kind, "dtype", "when", "shape"} - {"cat": {"dim"}, "full": {"fill"},
+                                                            "tensor": {"column_major"}}.get(kind, set())
     if extra:
         raise RecipeError(f"{what}: unknown argument field '{sorted(extra)[0]}'")
     if kind == "value":
@@ -504,6 +507,15 @@ def resolve_arg(spec, case: Case, device: str, what: str, tensors: Dict[str, Any
     if kind == "workspace":
         n = _int_value(spec["workspace"], case.env, what)
         return torch.zeros(n, dtype=torch.uint8, device=device)
+    if kind == "expr":
+        # an elementwise expression over the inputs, for APIs that take a derived tensor (e.g. the
+        # GDN gates exp(-exp(A_log) * softplus(a + dt_bias)) where the definition has a, A_log, dt_bias)
+        v = tensor_expr(spec["expr"], tensors, case.env, what)
+        if isinstance(v, torch.Tensor):
+            if "dtype" in spec:
+                v = v.to(torch_dtype(spec["dtype"]))
+            v = v.to(device).contiguous()
+        return v
     if kind == "full":
         dims = tuple(_int_value(x, case.env, what) for x in spec["full"])
         return torch.full(dims, _formula_value(spec.get("fill", 0), case.env, what),
@@ -541,8 +553,66 @@ def resolve_arg(spec, case: Case, device: str, what: str, tensors: Dict[str, Any
             v = v.to(torch_dtype(spec["dtype"]))
         if "shape" in spec:
             v = v.reshape(tuple(_int_value(x, case.env, what) for x in spec["shape"]))
+        if spec.get("column_major"):
+            # the same values stored column-major (a kernel that reads a 2-D scale tensor MN-major)
+            if v.dim() != 2:
+                raise RecipeError(f"{what}: column_major needs a 2-D tensor, '{name}' has {v.dim()} dimensions")
+            v = v.t().contiguous().t()
         return v
     return v
+
+
+_EXPR_FUNCS = ("exp", "log", "sigmoid", "softplus", "sqrt", "rsqrt", "tanh", "abs", "float32")
+
+
+def tensor_expr(text: str, tensors: Dict[str, Any], env: Dict[str, Any], what: str):
+    """Evaluate an elementwise expression over input tensors and symbols: numbers, names, + - * / **,
+    unary minus and the functions of _EXPR_FUNCS.  Computed in float32.  Nothing else is allowed."""
+    import ast
+    import torch
+    import torch.nn.functional as TF
+    funcs = {"exp": torch.exp, "log": torch.log, "sigmoid": torch.sigmoid, "softplus": TF.softplus,
+             "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "tanh": torch.tanh, "abs": torch.abs,
+             "float32": lambda x: x.float()}
+    if not isinstance(text, str) or len(text) > 500:
+        raise RecipeError(f"{what}: expr must be a string of at most 500 characters")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as e:
+        raise RecipeError(f"{what}: expr '{text}' is not an expression: {e.msg}") from None
+
+    def val(x):
+        return x.float() if isinstance(x, torch.Tensor) else float(x)
+
+    def ev(n):
+        if isinstance(n, ast.Constant) and isinstance(n.value, (int, float)) and not isinstance(n.value, bool):
+            return float(n.value)
+        if isinstance(n, ast.Name):
+            if n.id in tensors and tensors[n.id] is not None:
+                return val(tensors[n.id])
+            if n.id in env and isinstance(env[n.id], (int, float)):
+                return float(env[n.id])
+            raise RecipeError(f"{what}: expr '{text}': unknown name '{n.id}'")
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd)):
+            x = ev(n.operand)
+            return -x if isinstance(n.op, ast.USub) else x
+        if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)):
+            a, b = ev(n.left), ev(n.right)
+            if isinstance(n.op, ast.Pow) and not isinstance(a, torch.Tensor) and abs(b) > 64:
+                raise RecipeError(f"{what}: expr '{text}': exponent too large")
+            op = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
+                  ast.Div: lambda: a / b, ast.Pow: lambda: a ** b}[type(n.op)]
+            try:
+                return op()
+            except (RuntimeError, ZeroDivisionError) as e:
+                raise RecipeError(f"{what}: expr '{text}': {str(e).splitlines()[0]}") from None
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in funcs \
+                and len(n.args) == 1 and not n.keywords:
+            x = ev(n.args[0])
+            return funcs[n.func.id](x if isinstance(x, torch.Tensor) else torch.tensor(x))
+        raise RecipeError(f"{what}: expr '{text}': only numbers, names, + - * / ** and "
+                          f"{', '.join(_EXPR_FUNCS)}(x) are allowed")
+    return ev(tree.body)
 
 
 def resolve_args(block: Dict[str, Any], case: Case, device: str, what: str, tensors) -> Dict[str, Any]:
@@ -1365,6 +1435,10 @@ def environment(device: str) -> Dict[str, Any]:
                              text=True, timeout=5)
         if rev.returncode == 0:
             env["defc_commit"] = rev.stdout.strip()
+            dirty = subprocess.run(["git", "-C", PROJECT_ROOT, "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5)
+            if dirty.returncode == 0 and dirty.stdout.strip():
+                env["defc_commit"] += "+local changes"     # the working tree is not that commit
     except Exception:
         pass
     return env

@@ -211,6 +211,47 @@ def test_cat_and_full_arguments():
         V.resolve_arg({"cat": ["q_nope", "ckv_cache"], "dim": 0}, case, "cpu", "q", t)
 
 
+def test_expr_arguments_compute_elementwise_from_inputs_and_nothing_else():
+    import torch
+    t = {"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([2.0, -1.0])}
+    v = V.tensor_expr("exp(-exp(a) * softplus(b + 1)) + 2 ** 3", t, {"k": 2}, "x")
+    want = torch.exp(-torch.exp(t["a"]) * torch.nn.functional.softplus(t["b"] + 1)) + 8
+    assert torch.allclose(v, want)
+    assert torch.allclose(V.tensor_expr("sigmoid(b) * k", t, {"k": 2}, "x"), torch.sigmoid(t["b"]) * 2)
+    for bad, msg in [("__import__('os')", "only numbers, names"), ("a.real", "only numbers, names"),
+                     ("lambda: 1", "only numbers, names"), ("nope + 1", "unknown name 'nope'"),
+                     ("2 ** 2 ** 30", "exponent too large"), ("exp(a", "is not an expression")]:
+        with pytest.raises(V.RecipeError, match=re.escape(msg)):
+            V.tensor_expr(bad, t, {}, "x")
+
+
+def test_gdn_kernels_get_the_gates_scale_and_layout_the_definitions_use():
+    doc, inst = _one("qwen3-next-80b-a3b", "gdn_prefill_qk8_v16_d128_k_last", tp=[2])
+    case = V.build_case(doc, inst, inst.verify, 0, V.defaults())
+    t = V.device_copies(case, "cpu")
+    api, pos, args = V.kernel_call_args(inst.verify["kernel"], inst, case, "cpu", t, "kernel")
+    import torch
+    g = torch.exp(-torch.exp(t["A_log"].float()) * torch.nn.functional.softplus(t["a"].float() + t["dt_bias"].float()))
+    assert args["g"].dtype == torch.float32 and torch.allclose(args["g"], g)
+    assert torch.allclose(args["beta"], torch.sigmoid(t["b"].float())) and args["scale"] == t["scale"]
+    assert V.check_kernel_call(doc, inst) == []
+    doc, inst = _one("qwen3-next-80b-a3b", "gdn_decode_qk8_v16_d128_k_last", tp=[2])
+    assert inst.verify["kernel"]["api"].endswith("gated_delta_rule_decode_pretranspose")
+    assert V.check_kernel_call(doc, inst) == []
+
+
+def test_fp8_groupwise_gemm_has_a_hopper_alternative_with_column_major_activation_scales():
+    doc, inst = _one("deepseek-v3", "gemm_fp8_nt_groupwise_n2112_k7168", tp=[8], ep=[8])
+    alt = V.alternative_for(inst.verify["kernel"], dict(inst.env))
+    assert alt["api"] == "flashinfer.gemm.fp8_blockscale_gemm_sm90" and alt["requires_sm"] == [90]
+    case = V.build_case(doc, inst, inst.verify, 0, V.defaults())
+    t = V.device_copies(case, "cpu")
+    _, _, args = V.kernel_call_args(alt, inst, case, "cpu", t, "alt")
+    s = args["input_scale"]
+    assert s.shape == t["a_scale"].shape and s.equal(t["a_scale"]) and s.stride() == (1, s.shape[0])
+    assert V.check_kernel_call(doc, inst) == []
+
+
 def test_an_unknown_alternative_field_is_an_error():
     with pytest.raises(V.RecipeError, match="unknown verify.kernel.alternative field 'bogus'"):
         V._check_block({"kernel": {"alternative": {"api": "x", "bogus": 1}}})
@@ -220,7 +261,7 @@ def test_every_named_difference_has_a_test():
     text = open(__file__).read()
     names = set()
     for p in glob.glob(os.path.join(ROOT, "specs", "*.yaml")):
-        for m in re.finditer(r"differences:\s*\n((?:\s+- name: .*\n(?:\s{10,}.*\n)*)+)", open(p).read()):
+        for m in re.finditer(r"(?<!dump_)differences:\s*\n((?:\s+- name: .*\n(?:\s{10,}.*\n)*)+)", open(p).read()):
             names |= set(re.findall(r"- name: ([\w-]+)", m.group(1)))
     assert names >= {"template-reads-whole-last-page", "template-is-decode", "template-mxfp4-scale-rounds-down"}
     for n in names:
@@ -297,3 +338,11 @@ def test_flashinfer_backend_dump_pass_on_cpu(tmp_path):
     from runners.diff import compile_predictions, diff
     rep = diff(compile_predictions("llama-3.1-8b", [1], [1], None, ("rmsnorm",)), find_dump_sets(p.folder))
     assert {r["status"] for r in rep.rows if r["predicted"]} <= {"matched", "renamed"}
+
+
+def test_a_partial_run_names_its_op_types_in_the_report(tmp_path, capsys):
+    from defc.cli import main
+    assert main(["verify", "--model", "llama-3.1-8b", "--op-types", "rmsnorm", "--report", str(tmp_path), "--quiet"]) == 0
+    capsys.readouterr()
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["verify-llama-3.1-8b-tp1-rmsnorm-cpu.json",
+                                                            "verify-llama-3.1-8b-tp1-rmsnorm-cpu.md"]
