@@ -11,9 +11,8 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Dict, List, Optional, Sequence, Tuple
-
-import sympy
 
 from . import formula as F
 from .check import DTYPES, PLACEHOLDER, Spec, field_name
@@ -60,24 +59,52 @@ UNDEFINED_LETS = "_undefined_lets"
 
 
 def fmt_value(v: Any) -> str:
-    if isinstance(v, sympy.Basic):
-        v = F.to_python(v)
+    t = type(v)
+    if t is str:
+        return v
+    if t is int:
+        return str(v)
+    v = F.to_python(v)
     if isinstance(v, float):
         return repr(v) if v != int(v) else str(int(v))
     return str(v)
 
 
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@lru_cache(maxsize=16384)
+def _placeholder_parts(text: str) -> Tuple:
+    """``text`` split at its ``{placeholders}``: (literal, (raw, name, valid), literal, ...)."""
+    parts: list = []
+    pos = 0
+    for m in PLACEHOLDER.finditer(text):
+        key = m.group(1).strip()
+        parts.append(text[pos:m.start()])
+        parts.append((m.group(1), key, bool(_NAME.match(key))))
+        pos = m.end()
+    parts.append(text[pos:])
+    return tuple(parts)
+
+
 def substitute(text: str, env: Dict[str, Any], where) -> str:
     """Fill ``{name}`` placeholders from env; an unknown or undefined name is a located error."""
-    def rep(m):
-        key = m.group(1).strip()
-        if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", key):
-            raise DefcError(f"bad placeholder '{{{m.group(1)}}}' in {text!r}", *where)
+    parts = _placeholder_parts(text)
+    if len(parts) == 1:
+        return text
+    out = []
+    for i, p in enumerate(parts):
+        if i % 2 == 0:
+            out.append(p)
+            continue
+        raw, key, valid = p
+        if not valid:
+            raise DefcError(f"bad placeholder '{{{raw}}}' in {text!r}", *where)
         v = env.get(key)
         if v is None:
             raise DefcError(f"placeholder '{{{key}}}' in {text!r} is not defined here", *where)
-        return fmt_value(v)
-    return PLACEHOLDER.sub(rep, text)
+        out.append(fmt_value(v))
+    return "".join(out)
 
 
 class _Where:
@@ -292,7 +319,7 @@ class Evaluator:
         ref = d["reference"]
         for k, v in (ref.get("params") or {}).items():
             val = self._value(spec, base + ("reference", "params", k), v, env, ctx)
-            params[k] = F.to_python(val) if isinstance(val, sympy.Basic) else val
+            params[k] = F.to_python(val)
         name = substitute(d["name"], env, self._where(spec, base + ("name",)))
         op_type = d.get("op_type") or spec.data.get("op_type") or spec.family
         desc = substitute(d.get("description", ""), env, self._where(spec, base + ("description",)))

@@ -282,14 +282,14 @@ def load_json(path: str, what: str = "JSON file") -> Any:
 
 def load_safe_yaml(path: str, what: str = "YAML file") -> Any:
     """Fast load without positions (catalogue and cookbook data)."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
     shown = display_path(path)
     text = read_text(path, what)
     key = "safe-" + CACHE_VERSION + "-" + hashlib.sha256(text.encode("utf-8")).hexdigest()
     hit = _cache_get(key)                # ruamel has no C loader here: cache like load_yaml
     if hit is not None:
         return hit[0]
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
     y = YAML(typ="safe", pure=False)
     y.allow_duplicate_keys = False
     try:

@@ -1,16 +1,25 @@
-"""The compile pipeline: load → check → evaluate → render → write, for one model.
+"""The compile pipeline: load → check → evaluate → render → write, for one model or several.
 
 ``compile_model(options)`` returns a :class:`CompileResult` with every planned file; nothing is
 written until every definition of the run has been evaluated, rendered and placed, so bad
 input stops the run before the dataset is touched.  ``write_planned`` then applies the plan.
+
+``compile_models(models, options)`` does the same for several models into one dataset: the
+result is what compiling them one after another gives (each later model's definitions are placed
+against what the earlier ones would have written), but every model is evaluated before anything
+is written and each file is written once (``write_planned_many``).
+
+A model's rendered definitions are kept in the result cache (see result_cache), keyed by the
+content of everything that makes them; placing them in the dataset always happens anew.
 """
 from __future__ import annotations
 
 import glob
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .check import Spec, field_name, load_spec
 from .errors import DefcError, Location
@@ -18,10 +27,11 @@ from .load import display_path
 from .evaluate import Evaluator, Instance
 from .facts import load_facts, model_env, quant_key
 from .models import ModelInfo, resolve_model
-from .paths import DEFAULT_COOKBOOK, DEFAULT_OUT, SPECS_DIR
+from . import result_cache
+from .paths import DEFAULT_COOKBOOK, DEFAULT_OUT, MODEL_FACTS, SPECS_DIR
 from .render import render, template_dirs
 from .serving import Serving, default_servings, explicit_servings, rows_for
-from .write import Planned, apply_many, check_component, clean_stale_temps, plan
+from .write import WRITES, Planned, apply_many, check_component, clean_stale_temps, final_writes, plan
 
 
 @dataclass
@@ -104,11 +114,10 @@ def _prerender_key(inst: Instance) -> str:
                        inst.reference_template, inst.params, inst.template], sort_keys=True, default=str)
 
 
-def compile_model(opts: CompileOptions) -> CompileResult:
-    model = resolve_model(opts.model, opts.config, opts.hf_repo_id)
-    facts = load_facts(opts.specs_dir)
-    specs = load_specs(spec_paths(opts.specs, opts.specs_dir))
-    servings, notes = servings_for(model, opts, facts)
+def evaluate_model(opts: CompileOptions, model: ModelInfo, facts, specs: List[Spec],
+                   servings: List[Serving]) -> Dict[str, List[Instance]]:
+    """Every definition instance of the model at every serving config, grouped by name (a name
+    that two different definitions produce is an error)."""
     probe = model_env(model.config, Serving().symbols(), facts, model.slug, model.origin)
     default_quant = quant_key(facts, probe.get("quant_method"))
     qsel = None
@@ -116,25 +125,105 @@ def compile_model(opts: CompileOptions) -> CompileResult:
         qsel = ["all"] if "all" in opts.quantization else [quant_key(facts, q) for q in opts.quantization]
     ev = Evaluator(model.slug, qsel)
     by_name: Dict[str, List[Instance]] = {}
-    keys: Dict[str, str] = {}
+    keys: Dict[str, str] = {}          # worked out for names that come more than once
     for s in servings:
         env = model_env(model.config, s.symbols(), facts, model.slug, model.origin)
         for spec in specs:
             for inst in ev.run(spec, env, s, default_quant):
                 if opts.op_types and inst.op_type not in opts.op_types:
                     continue
-                k = _prerender_key(inst)
-                if inst.name in by_name and keys[inst.name] != k:
-                    first = by_name[inst.name][0]
-                    raise DefcError(
-                        f"two different definitions are named '{inst.name}' (from {first.spec.path} "
-                        f"'{first.def_id}' at {first.serving.label()} and '{inst.def_id}' at {s.label()}); "
-                        f"make the name pattern tell them apart",
-                        inst.spec.where(("definitions", inst.def_index, "name")), "name")
-                keys[inst.name] = k
-                by_name.setdefault(inst.name, []).append(inst)
+                same = by_name.get(inst.name)
+                if same is not None:
+                    first = same[0]
+                    if inst.name not in keys:
+                        keys[inst.name] = _prerender_key(first)
+                    if keys[inst.name] != _prerender_key(inst):
+                        raise DefcError(
+                            f"two different definitions are named '{inst.name}' (from {first.spec.path} "
+                            f"'{first.def_id}' at {first.serving.label()} and '{inst.def_id}' at {s.label()}); "
+                            f"make the name pattern tell them apart",
+                            inst.spec.where(("definitions", inst.def_index, "name")), "name")
+                    same.append(inst)
+                else:
+                    by_name[inst.name] = [inst]
+    return by_name
+
+
+class LazyInstances(Mapping):
+    """A model's instances, evaluated when first asked for (a compile whose definitions came from
+    the result cache did not need them)."""
+
+    def __init__(self, evaluate):
+        self._evaluate = evaluate
+        self._data: Optional[Dict[str, List[Instance]]] = None
+
+    def _get(self) -> Dict[str, List[Instance]]:
+        if self._data is None:
+            self._data = self._evaluate()
+        return self._data
+
+    def __getitem__(self, name):
+        return self._get()[name]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self):
+        return len(self._get())
+
+
+@dataclass
+class ModelDefinitions:
+    """One model's rendered definitions, before they are placed in a dataset."""
+
+    model: ModelInfo
+    servings: List[Serving]
+    notes: List[str]
+    docs: List[Tuple[Dict[str, Any], List[str]]]     # (definition, serving configs it comes from)
+    instances: Mapping                               # name -> [Instance]
+    cached: bool = False                             # docs came from the result cache
+
+
+class CompileRun:
+    """What the models of one compile share: the digests of the toolchain and specs for the
+    result cache (worked out once per run)."""
+
+    def __init__(self):
+        self._digests: Dict[Tuple, str] = {}
+
+    def digest(self, what: Tuple, compute) -> str:
+        if what not in self._digests:
+            self._digests[what] = compute()
+        return self._digests[what]
+
+
+def model_definitions(opts: CompileOptions, run: Optional[CompileRun] = None) -> ModelDefinitions:
+    """Evaluate and render one model: each definition once, with the tags of every serving config
+    that produces it.  Definitions made before from the same inputs come from the result cache
+    (see result_cache)."""
+    run = run or CompileRun()
+    model = resolve_model(opts.model, opts.config, opts.hf_repo_id)
+    facts = load_facts(opts.specs_dir)
+    paths = spec_paths(opts.specs, opts.specs_dir)
+    servings, notes = servings_for(model, opts, facts)
     dirs = template_dirs(list(opts.template_dirs))
-    planned: List[Planned] = []
+
+    def evaluate():
+        return evaluate_model(opts, model, facts, load_specs(paths), servings)
+
+    cache_key = None
+    if result_cache.enabled():
+        facts_file = os.path.join(os.path.abspath(opts.specs_dir), MODEL_FACTS)
+        toolchain = run.digest(("toolchain", dirs), lambda: result_cache.toolchain_digest(dirs))
+        inputs = run.digest(("inputs", tuple(paths), facts_file),
+                            lambda: result_cache.inputs_digest(paths, facts_file))
+        cache_key = result_cache.key(toolchain, inputs, model, servings,
+                                     {"quantization": opts.quantization, "op_types": opts.op_types})
+        docs = result_cache.get(cache_key)
+        if docs is not None:
+            return ModelDefinitions(model, servings, notes, docs, LazyInstances(evaluate), cached=True)
+    by_name = evaluate()
+    docs = []
     for name, insts in by_name.items():
         doc = render(insts[0], [model.slug], dirs)
         for other in insts[1:]:
@@ -142,11 +231,49 @@ def compile_model(opts: CompileOptions) -> CompileResult:
                 if t not in doc["tags"]:
                     doc["tags"].append(t)
         _check_file_names(doc, insts[0])
-        p = plan(opts.out, doc, force=opts.force, skip_existing=opts.skip_existing)
-        p.sources = sorted({i.serving.label() for i in insts})
-        planned.append(p)
+        docs.append((doc, sorted({i.serving.label() for i in insts})))
+    # stored only if no spec or template changed while it was made (the key was worked out first)
+    if cache_key is not None and result_cache.inputs_digest(paths, facts_file) == inputs \
+            and result_cache.toolchain_digest(dirs) == toolchain:
+        result_cache.put(cache_key, docs)
+    return ModelDefinitions(model, servings, notes, docs, by_name)
+
+
+def _result(md: ModelDefinitions, planned: List[Planned]) -> CompileResult:
     planned.sort(key=lambda p: (p.doc.get("op_type", ""), p.doc.get("name", "")))
-    return CompileResult(model, servings, planned, notes, by_name)
+    return CompileResult(md.model, md.servings, planned, md.notes, md.instances)
+
+
+def compile_model(opts: CompileOptions) -> CompileResult:
+    md = model_definitions(opts)
+    planned = []
+    for doc, sources in md.docs:
+        p = plan(opts.out, doc, force=opts.force, skip_existing=opts.skip_existing)
+        p.sources = sources
+        planned.append(p)
+    return _result(md, planned)
+
+
+def compile_models(models: Sequence[str], opts: CompileOptions) -> List[CompileResult]:
+    """Compile several models into one dataset, as compiling them one after another would (the
+    same files, statuses and tag merges), but with every model evaluated before anything is
+    written, and each file written once: a later model's definitions are planned against what the
+    earlier ones would have left (``plan(..., current=...)``), not against the disk.  Write the
+    results with :func:`write_planned_many`."""
+    current: Dict[str, Planned] = {}
+    run = CompileRun()
+    results = []
+    for slug in models:
+        md = model_definitions(replace(opts, model=slug), run)
+        planned = []
+        for doc, sources in md.docs:
+            p = plan(opts.out, doc, force=opts.force, skip_existing=opts.skip_existing, current=current)
+            p.sources = sources
+            if p.status in WRITES:
+                current[p.path] = p
+            planned.append(p)
+        results.append(_result(md, planned))
+    return results
 
 
 def _check_file_names(doc: Dict[str, Any], inst: Instance) -> None:
@@ -164,8 +291,15 @@ def _check_file_names(doc: Dict[str, Any], inst: Instance) -> None:
 def write_planned(result: CompileResult) -> None:
     """Write the plan: folders first (so a file in the way fails before any write), then each file
     atomically.  Temp files that a killed earlier run left in the dataset are removed first."""
-    roots = sorted({os.path.dirname(os.path.dirname(p.path)) for p in result.planned})
+    write_planned_many([result])
+
+
+def write_planned_many(results: Sequence[CompileResult]) -> None:
+    """Write the plans of :func:`compile_models` (or of one model): each file once, with its last
+    planned content."""
+    planned = final_writes([p for r in results for p in r.planned])
+    roots = sorted({os.path.dirname(os.path.dirname(p.path)) for r in results for p in r.planned})
     for root in roots:
         for folder in [root] + sorted(glob.glob(os.path.join(glob.escape(root), "*", ""))):
             clean_stale_temps(folder)
-    apply_many(result.planned)
+    apply_many(planned)

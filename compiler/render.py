@@ -145,6 +145,11 @@ def _named_by_spec(e: DefcError, inst: Instance, key: Tuple) -> DefcError:
     return DefcError(e.message, inst.spec.where(path), field_name(path))
 
 
+def _template_location(inst: Instance, dirs: Tuple[str, ...]) -> Location:
+    """Where the definition template of an instance is (for an error: a lookup on disk)."""
+    return Location(display_path(template_file(inst.template, dirs)))
+
+
 def render(inst: Instance, models: List[str], dirs: Tuple[str, ...]) -> Dict[str, Any]:
     try:
         reference = render_template(inst.reference_template, reference_context(inst), dirs)
@@ -158,17 +163,16 @@ def render(inst: Instance, models: List[str], dirs: Tuple[str, ...]) -> Dict[str
         text = render_template(inst.template, ctx, dirs)
     except DefcError as e:
         raise _named_by_spec(e, inst, ("template",)) from None
-    tpath = display_path(template_file(inst.template, dirs))
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise DefcError(f"template did not render valid JSON for {inst.name}: {e.msg} (rendered line {e.lineno})",
-                        Location(tpath)) from None
+                        _template_location(inst, dirs)) from None
     if not isinstance(doc, dict):
-        raise DefcError(f"template must render a JSON object for {inst.name}", Location(tpath))
+        raise DefcError(f"template must render a JSON object for {inst.name}", _template_location(inst, dirs))
     missing = [k for k in ("name", "op_type", "axes", "inputs", "outputs", "reference") if k not in doc]
     if missing:
-        raise DefcError(f"rendered definition {inst.name} lacks {', '.join(missing)}", Location(tpath))
+        raise DefcError(f"rendered definition {inst.name} lacks {', '.join(missing)}", _template_location(inst, dirs))
     ordered = {k: doc[k] for k in KEY_ORDER if k in doc}
     ordered.update({k: v for k, v in doc.items() if k not in ordered})
     return ordered

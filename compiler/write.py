@@ -13,7 +13,6 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import DefcError, Location
@@ -33,7 +32,91 @@ def check_component(value: Any, what: str) -> str:
 
 
 def dumps(doc: Dict[str, Any]) -> str:
-    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    """A definition file's text: ``json.dumps(doc, indent=2, ensure_ascii=False)`` and a newline.
+
+    The standard library's indented encoder is pure Python (only the compact one is C), and it is
+    the largest single cost of writing a dataset; this builds the same text with the C string
+    encoder and one join, and defers to ``json.dumps`` for anything it does not know."""
+    try:
+        parts: List[str] = []
+        _indented(doc, "\n", parts)
+    except _NotPlain:
+        return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    parts.append("\n")
+    return "".join(parts)
+
+
+class _NotPlain(Exception):
+    pass
+
+
+_encode_str = json.encoder.encode_basestring       # what json.dumps uses with ensure_ascii=False
+_INF = float("inf")
+
+
+def _scalar(o: Any) -> str:
+    t = type(o)
+    if t is str:
+        return _encode_str(o)
+    if o is None:
+        return "null"
+    if o is True:
+        return "true"
+    if o is False:
+        return "false"
+    if t is int:
+        return int.__repr__(o)
+    if t is float:
+        if o != o or o == _INF or o == -_INF:
+            raise _NotPlain
+        return float.__repr__(o)
+    raise _NotPlain
+
+
+def _indented(o: Any, nl: str, out: List[str]) -> None:
+    """Append o as json.dumps(indent=2) writes it at the indentation that ``nl`` (a newline and
+    spaces) carries."""
+    t = type(o)
+    if t is dict:
+        if not o:
+            out.append("{}")
+            return
+        inner = nl + "  "
+        out.append("{")
+        first = True
+        for k, v in o.items():
+            if type(k) is not str:
+                raise _NotPlain
+            out.append(inner if first else "," + inner)
+            first = False
+            out.append(_encode_str(k))
+            out.append(": ")
+            tv = type(v)
+            if tv is dict or tv is list:
+                _indented(v, inner, out)
+            else:
+                out.append(_scalar(v))
+        out.append(nl)
+        out.append("}")
+    elif t is list:
+        if not o:
+            out.append("[]")
+            return
+        inner = nl + "  "
+        out.append("[")
+        first = True
+        for v in o:
+            out.append(inner if first else "," + inner)
+            first = False
+            tv = type(v)
+            if tv is dict or tv is list:
+                _indented(v, inner, out)
+            else:
+                out.append(_scalar(v))
+        out.append(nl)
+        out.append("]")
+    else:
+        out.append(_scalar(o))
 
 
 # Temp files are ``.defc-{pid}-{n}.tmp`` next to their target: never a ``*.json``, so a reader
@@ -242,14 +325,46 @@ def merge_tags(old: List[str], new: List[str]) -> List[str]:
     return out
 
 
-@dataclass
+WRITES = ("new", "merged", "replaced")      # the statuses that write a file
+
+
 class Planned:
-    doc: Dict[str, Any]
-    path: str
-    status: str                      # new | unchanged | merged | collision | replaced
-    detail: str = ""
-    text: Optional[str] = None        # what would be written
-    sources: List[str] = field(default_factory=list)
+    """What one definition does to its file: new | unchanged | merged | collision | replaced.
+
+    ``text`` (what would be written) is serialised from ``doc`` when first asked for, so a file
+    that several models plan in turn (see ``pipeline.compile_models``) is serialised once, for the
+    version that is written.  ``backup_text``: for ``replaced``, the content the ``.bak`` keeps
+    when it is not the file on disk (an earlier model of the same run planned it)."""
+
+    __slots__ = ("doc", "path", "status", "detail", "_text", "sources", "backup_text", "_structure")
+
+    def __init__(self, doc: Dict[str, Any], path: str, status: str, detail: str = "",
+                 text: Optional[str] = None, sources: Optional[List[str]] = None,
+                 backup_text: Optional[str] = None):
+        self.doc, self.path, self.status, self.detail = doc, path, status, detail
+        self._text = text
+        self.sources = list(sources or [])
+        self.backup_text = backup_text
+        self._structure: Optional[str] = None
+
+    def structure(self) -> str:
+        """structure(self.doc), worked out once."""
+        if self._structure is None:
+            self._structure = structure(self.doc)
+        return self._structure
+
+    @property
+    def text(self) -> Optional[str]:
+        if self._text is None and self.status in WRITES:
+            self._text = dumps(self.doc)
+        return self._text
+
+    @text.setter
+    def text(self, value: Optional[str]) -> None:
+        self._text = value
+
+    def __repr__(self) -> str:
+        return f"Planned({self.status} {self.path})"
 
 
 def definition_path(out: str, doc: Dict[str, Any]) -> str:
@@ -258,10 +373,16 @@ def definition_path(out: str, doc: Dict[str, Any]) -> str:
     return os.path.join(out, "definitions", op, f"{name}.json")
 
 
-def plan(out: str, doc: Dict[str, Any], force: bool = False, skip_existing: bool = True) -> Planned:
+def plan(out: str, doc: Dict[str, Any], force: bool = False, skip_existing: bool = True,
+         current: Optional[Dict[str, Planned]] = None) -> Planned:
+    """Place a definition: against the file on disk, or against ``current[path]`` — the write an
+    earlier model of the same run planned for that file, which the disk would hold by now."""
     path = definition_path(out, doc)
+    prior = current.get(path) if current is not None else None
+    if prior is not None:
+        return _plan_over(path, doc, prior.doc, prior, force, skip_existing)
     if not os.path.exists(path):
-        return Planned(doc, path, "new", text=dumps(doc))
+        return Planned(doc, path, "new")
     try:
         with open(path, encoding="utf-8") as fh:
             old = json.load(fh)
@@ -269,11 +390,18 @@ def plan(out: str, doc: Dict[str, Any], force: bool = False, skip_existing: bool
             raise ValueError("not an object")
     except (OSError, ValueError, UnicodeDecodeError) as e:
         if force:
-            return Planned(doc, path, "replaced", f"existing file was unreadable ({str(e)[:60]}); kept as .bak", dumps(doc))
+            return Planned(doc, path, "replaced", f"existing file was unreadable ({str(e)[:60]}); kept as .bak")
         return Planned(doc, path, "collision", f"existing file is not a readable definition ({str(e)[:60]})")
+    return _plan_over(path, doc, old, None, force, skip_existing)
+
+
+def _plan_over(path: str, doc: Dict[str, Any], old: Dict[str, Any], prior: Optional[Planned], force: bool,
+               skip_existing: bool) -> Planned:
+    """Plan doc over an existing definition ``old`` (``prior``: the planned write it comes from
+    when it is not on disk yet)."""
     if old == doc:
         return Planned(old, path, "unchanged")
-    if structure(old) == structure(doc):
+    if (prior.structure() if prior is not None else structure(old)) == structure(doc):
         tags = merge_tags(list(old.get("tags") or []), list(doc.get("tags") or []))
         note = ""
         if old.get("reference") != doc.get("reference"):
@@ -284,10 +412,36 @@ def plan(out: str, doc: Dict[str, Any], force: bool = False, skip_existing: bool
             return Planned(doc, path, "collision", "exists (--no-skip-existing): not merged")
         merged = dict(old)
         merged["tags"] = tags
-        return Planned(merged, path, "merged", note or "tags merged", dumps(merged))
+        p = Planned(merged, path, "merged", note or "tags merged")
+        p._structure = prior._structure if prior is not None else None    # tags are not structure
+        return p
     if force:
-        return Planned(doc, path, "replaced", "different content; old file kept as .bak", dumps(doc))
+        return Planned(doc, path, "replaced", "different content; old file kept as .bak",
+                       backup_text=prior.text if prior is not None else None)
     return Planned(doc, path, "collision", _difference(old, doc))
+
+
+def final_writes(planned: Sequence[Planned]) -> List[Planned]:
+    """The writes of plans made in order (one model after another): per file, the last planned
+    content, written once.  Where a file was replaced along the way, its ``.bak`` keeps what the
+    last replacement replaced, as writing every version in turn would have left it."""
+    last: Dict[str, Planned] = {}
+    backup: Dict[str, Optional[str]] = {}
+    for p in planned:
+        if p.status not in WRITES:
+            continue
+        if p.status == "replaced":
+            backup[p.path] = p.backup_text
+        last[p.path] = p
+    out = []
+    for path, p in last.items():
+        if path in backup and p.status != "replaced":
+            p = Planned(p.doc, path, "replaced", p.detail, p.text, p.sources, backup[path])
+        elif path in backup:
+            p.backup_text = backup[path]
+        if p.text is not None:
+            out.append(p)
+    return out
 
 
 def _difference(old: Dict[str, Any], new: Dict[str, Any]) -> str:
@@ -315,14 +469,16 @@ def apply(p: Planned) -> None:
 def apply_many(planned: Sequence[Planned]) -> None:
     """Carry out planned writes (new, merged or replaced), atomically, in batches; the .bak of a
     replaced file is written (and synced) before the file is replaced."""
-    todo = [p for p in planned if p.status in ("new", "merged", "replaced") and p.text is not None]
+    todo = [p for p in planned if p.status in WRITES and p.text is not None]
     for folder in sorted({os.path.dirname(os.path.abspath(p.path)) for p in todo}):
         ensure_folder(folder)
     current = None
     try:
         for p in todo:
             current = p
-            if p.status == "replaced" and os.path.exists(p.path):
+            if p.status == "replaced" and p.backup_text is not None:
+                atomic_write_bytes(p.path + ".bak", p.backup_text.encode("utf-8"))
+            elif p.status == "replaced" and os.path.exists(p.path):
                 with open(p.path, "rb") as fh:
                     atomic_write_bytes(p.path + ".bak", fh.read())
         current = None

@@ -9,8 +9,11 @@ def register(sub) -> None:
                        description="Evaluate op-family specs against a model's config.json and its serving "
                                    "configs (sgl-cookbook) and write OUT/definitions/{op_type}/{name}.json.")
     p.add_argument("specs", nargs="*", metavar="SPEC", help="spec files or family names (default: every spec)")
-    p.add_argument("--model", help="catalogue slug (see `defc models`), a local config.json or model folder, "
-                                   "or a Hugging Face repo id")
+    p.add_argument("--model", action="append", metavar="MODEL",
+                   help="catalogue slug (see `defc models`), a local config.json or model folder, or a Hugging "
+                        "Face repo id; repeat it to compile several models into one dataset in one go")
+    p.add_argument("--all-models", action="store_true",
+                   help="every model of the bundled catalogue (as one multi-model compile)")
     p.add_argument("--config", metavar="PATH", help="a local config.json (the model keeps --model as its slug)")
     p.add_argument("--hf-repo-id", metavar="ORG/NAME", help="fetch config.json from the Hugging Face Hub")
     p.add_argument("--tp", help="tensor-parallel sizes, comma list (default: the cookbook's, else 1)")
@@ -35,51 +38,94 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def options_from(args):
+def options_from(args, model=None):
     from compiler.paths import DEFAULT_OUT, SPECS_DIR
     from compiler.pipeline import CompileOptions
     from compiler.serving import parse_int_list
     from defc.output import comma_list
     return CompileOptions(
-        model=args.model, specs=args.specs, config=args.config, hf_repo_id=args.hf_repo_id,
+        model=model, specs=args.specs, config=args.config, hf_repo_id=args.hf_repo_id,
         tp=parse_int_list(args.tp, "--tp"), ep=parse_int_list(args.ep, "--ep"), dp=parse_int_list(args.dp, "--dp"),
         quantization=comma_list(args.quantization), op_types=comma_list(args.op_types),
         out=args.out or DEFAULT_OUT, cookbook=args.cookbook, force=args.force, skip_existing=args.skip_existing,
         specs_dir=args.specs_dir or SPECS_DIR, template_dirs=args.templates)
 
 
+def models_from(args):
+    """The --model values, or the catalogue for --all-models; several models only by catalogue
+    slug, path or repo id (--config and --hf-repo-id name one model)."""
+    from compiler.errors import DefcError
+    from compiler.models import catalogue_slugs
+    models = list(args.model or [])
+    if args.all_models:
+        if models:
+            raise DefcError("--all-models and --model exclude each other", field="--all-models")
+        models = catalogue_slugs()
+    if len(models) > 1 and (args.config or args.hf_repo_id):
+        raise DefcError("--config and --hf-repo-id name one model: use them with at most one --model",
+                        field="--model")
+    return models
+
+
 def run(args) -> int:
-    from compiler.pipeline import compile_model, write_planned
-    from defc.output import emit_json, table
-    opts = options_from(args)
-    result = compile_model(opts)
-    if not args.dry_run:
-        write_planned(result)
-    rows = [{"status": p.status, "op_type": p.doc.get("op_type"), "name": p.doc.get("name"),
-             "configs": p.sources, "path": p.path, "detail": p.detail} for p in result.planned]
-    if args.format == "json":
-        emit_json({"model": result.model.slug, "dry_run": args.dry_run, "out": opts.out,
-                   "servings": [{"tp": s.tp, "ep": s.ep, "dp": s.dp, "dp_attention": s.dp_attention,
-                                 "quantization": s.quantization, "from": list(s.origin)} for s in result.servings],
-                   "notes": result.notes, "definitions": rows})
+    from compiler.pipeline import compile_model, compile_models, write_planned, write_planned_many
+    models = models_from(args)
+    if len(models) > 1 or args.all_models:
+        opts = options_from(args)
+        results = compile_models(models, opts)
+        if not args.dry_run:
+            write_planned_many(results)
     else:
-        verb = "would write" if args.dry_run else "compiled"
-        print(f"{result.model.slug}: {len(result.servings)} serving config(s): "
-              + ", ".join(s.label() + (f" {s.quantization}" if s.quantization else "") for s in result.servings))
-        for n in result.notes:
-            print(f"  note: {n}")
-        if args.dry_run:
-            table(["status", "op_type", "name", "configs"],
-                  [[r["status"], r["op_type"], r["name"], ", ".join(r["configs"])] for r in rows])
+        opts = options_from(args, models[0] if models else None)
+        results = [compile_model(opts)]
+        if not args.dry_run:
+            write_planned(results[0])
+    reports = [_report(r) for r in results]
+    if args.format == "json":
+        from defc.output import emit_json
+        if len(reports) == 1 and not args.all_models:
+            emit_json(dict(model=reports[0]["model"], dry_run=args.dry_run, out=opts.out, **reports[0]["body"]))
         else:
-            for r in rows:
-                if r["status"] in ("collision", "replaced", "merged"):
-                    print(f"  {r['status']}: {r['path']}: {r['detail']}")
-        counts = {s: result.count(s) for s in ("new", "merged", "unchanged", "replaced", "collision")}
-        print(f"{verb} {len(rows)} definitions into {opts.out}: "
-              + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k == "new"))
-    if result.count("collision"):
-        print(f"defc: {result.count('collision')} collision(s): existing files differ and were left as they are "
+            emit_json({"dry_run": args.dry_run, "out": opts.out,
+                       "models": [dict(model=r["model"], **r["body"]) for r in reports]})
+    else:
+        for result, rep in zip(results, reports):
+            _print_text(result, rep["body"]["definitions"], args.dry_run, opts.out)
+        if len(results) > 1:
+            files = {p.path for r in results for p in r.planned if p.status in ("new", "merged", "replaced")}
+            verb = "would write" if args.dry_run else "wrote"
+            print(f"{len(results)} models: {verb} {len(files)} files into {opts.out}")
+    collisions = sum(r.count("collision") for r in results)
+    if collisions:
+        print(f"defc: {collisions} collision(s): existing files differ and were left as they are "
               f"(use --force to replace, keeping .bak)", file=sys.stderr)
         return 1
     return 0
+
+
+def _report(result):
+    rows = [{"status": p.status, "op_type": p.doc.get("op_type"), "name": p.doc.get("name"),
+             "configs": p.sources, "path": p.path, "detail": p.detail} for p in result.planned]
+    return {"model": result.model.slug,
+            "body": {"servings": [{"tp": s.tp, "ep": s.ep, "dp": s.dp, "dp_attention": s.dp_attention,
+                                   "quantization": s.quantization, "from": list(s.origin)} for s in result.servings],
+                     "notes": result.notes, "definitions": rows}}
+
+
+def _print_text(result, rows, dry_run: bool, out: str) -> None:
+    from defc.output import table
+    verb = "would write" if dry_run else "compiled"
+    print(f"{result.model.slug}: {len(result.servings)} serving config(s): "
+          + ", ".join(s.label() + (f" {s.quantization}" if s.quantization else "") for s in result.servings))
+    for n in result.notes:
+        print(f"  note: {n}")
+    if dry_run:
+        table(["status", "op_type", "name", "configs"],
+              [[r["status"], r["op_type"], r["name"], ", ".join(r["configs"])] for r in rows])
+    else:
+        for r in rows:
+            if r["status"] in ("collision", "replaced", "merged"):
+                print(f"  {r['status']}: {r['path']}: {r['detail']}")
+    counts = {s: result.count(s) for s in ("new", "merged", "unchanged", "replaced", "collision")}
+    print(f"{verb} {len(rows)} definitions into {out}: "
+          + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k == "new"))
