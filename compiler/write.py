@@ -32,96 +32,10 @@ def check_component(value: Any, what: str) -> str:
 
 
 def dumps(doc: Dict[str, Any]) -> str:
-    """A definition file's text: ``json.dumps(doc, indent=2, ensure_ascii=False)`` and a newline.
-
-    The standard library's indented encoder is pure Python (only the compact one is C), and it is
-    the largest single cost of writing a dataset; this builds the same text with the C string
-    encoder and one join, and defers to ``json.dumps`` for anything it does not know."""
-    try:
-        parts: List[str] = []
-        _indented(doc, "\n", parts)
-    except _NotPlain:
-        return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-    parts.append("\n")
-    return "".join(parts)
+    """A definition file's text: json.dumps with indent 2, and a newline."""
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
-class _NotPlain(Exception):
-    pass
-
-
-_encode_str = json.encoder.encode_basestring       # what json.dumps uses with ensure_ascii=False
-_INF = float("inf")
-
-
-def _scalar(o: Any) -> str:
-    t = type(o)
-    if t is str:
-        return _encode_str(o)
-    if o is None:
-        return "null"
-    if o is True:
-        return "true"
-    if o is False:
-        return "false"
-    if t is int:
-        return int.__repr__(o)
-    if t is float:
-        if o != o or o == _INF or o == -_INF:
-            raise _NotPlain
-        return float.__repr__(o)
-    raise _NotPlain
-
-
-def _indented(o: Any, nl: str, out: List[str]) -> None:
-    """Append o as json.dumps(indent=2) writes it at the indentation that ``nl`` (a newline and
-    spaces) carries."""
-    t = type(o)
-    if t is dict:
-        if not o:
-            out.append("{}")
-            return
-        inner = nl + "  "
-        out.append("{")
-        first = True
-        for k, v in o.items():
-            if type(k) is not str:
-                raise _NotPlain
-            out.append(inner if first else "," + inner)
-            first = False
-            out.append(_encode_str(k))
-            out.append(": ")
-            tv = type(v)
-            if tv is dict or tv is list:
-                _indented(v, inner, out)
-            else:
-                out.append(_scalar(v))
-        out.append(nl)
-        out.append("}")
-    elif t is list:
-        if not o:
-            out.append("[]")
-            return
-        inner = nl + "  "
-        out.append("[")
-        first = True
-        for v in o:
-            out.append(inner if first else "," + inner)
-            first = False
-            tv = type(v)
-            if tv is dict or tv is list:
-                _indented(v, inner, out)
-            else:
-                out.append(_scalar(v))
-        out.append(nl)
-        out.append("]")
-    else:
-        out.append(_scalar(o))
-
-
-# Temp files are ``.defc-{pid}-{n}.tmp`` next to their target: never a ``*.json``, so a reader
-# of the dataset cannot mistake a half-written file for a definition, and a later run can tell a
-# leftover of a killed process (pid gone) from a write in progress (see clean_stale_temps).
 TEMP_PREFIX = ".defc-"
 TEMP_SUFFIX = ".tmp"
 _TEMP = re.compile(r"^\.defc-(\d+)-.*\.tmp$")

@@ -4,7 +4,6 @@
   bytes and reports the same statuses as compiling the models one after another;
 * the exact-int/Fraction formula evaluator agrees with sympy (``reference_mode``) on every formula
   of every spec for every catalogue model, and on a battery of awkward formulas;
-* the indented JSON writer is ``json.dumps(indent=2)``;
 * the result cache returns what a real compile makes, and misses when any input changes.
 """
 import json
@@ -19,7 +18,6 @@ from compiler import pipeline as P
 from compiler import result_cache
 from compiler.models import catalogue_slugs
 from compiler.paths import SPECS_DIR, TEMPLATES_DIR
-from compiler.write import dumps
 from defc.cli import main
 
 # models that share definitions (tag merges) and some that do not
@@ -211,18 +209,6 @@ def test_exact_results_are_sympy_free_and_sympy_stays_unimported_on_exact_values
     assert type(F.parse("h / 128").evaluate(env)) is int
     assert F.parse("floor(h * f)").evaluate(env) == 1792
     assert F.to_python(F.parse("h / tp").evaluate(env)) == 7168 / 3
-
-
-# ---------------------------------------------------------------------------------------------
-# the definition writer
-
-@pytest.mark.parametrize("doc", [
-    {}, [], {"a": []}, {"a": {}}, [1, 2.5, -0.0, 1e300, 1e-7, True, False, None, "é\u2028\n\"<&'\\"],
-    {"x": [[{}], {"y": [1, {"z": None}]}]}, "s", 3, None, float("nan"), {"k": float("inf")}, (1, 2), {1: 2},
-    {"a": (1, [2])},
-])
-def test_definition_text_is_json_dumps_indent_2(doc):
-    assert dumps(doc) == json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
