@@ -272,6 +272,38 @@ def tag_problems(doc: Located) -> List[DefcError]:
     return probs
 
 
+DIFF_FIELD = re.compile(r"^(op_type|tags|(axes|inputs|outputs)\.[A-Za-z0-9_*?\[\]]+(\.(type|value|shape|dtype))?)$")
+
+
+def dump_difference_problems(doc: Located) -> List[DefcError]:
+    """dump_differences field patterns must name fields `defc diff` reports, and names be unique per
+    definition (spec-level ones count for every definition)."""
+    probs = []
+    data = _d(doc.data)
+    blocks = [(("dump_differences",), _l(data.get("dump_differences")))]
+    for i, d in enumerate(_l(data.get("definitions"))):
+        if isinstance(d, dict):
+            blocks.append((("definitions", i, "dump_differences"), _l(d.get("dump_differences"))))
+    top = {k.get("name") for k in blocks[0][1] if isinstance(k, dict)}
+    for base, entries in blocks:
+        seen = set() if base == ("dump_differences",) else set(top)
+        for j, k in enumerate(entries):
+            if not isinstance(k, dict):
+                continue
+            if k.get("name") in seen:
+                p = base + (j, "name")
+                probs.append(_err(f"dump difference {k.get('name')!r} is named twice for the same definitions",
+                                  doc.where(p), field_name(p)))
+            seen.add(k.get("name"))
+            for n, pat in enumerate(_l(k.get("fields"))):
+                if isinstance(pat, str) and not DIFF_FIELD.match(pat):
+                    p = base + (j, "fields", n)
+                    probs.append(_err(f"field pattern {pat!r} names no field defc diff reports (op_type, tags, "
+                                      f"axes.X[.type|.value], inputs.X[.shape|.dtype], outputs.X[.shape|.dtype])",
+                                      doc.where(p), field_name(p)))
+    return probs
+
+
 def name_pattern_problems(doc: Located) -> List[Tuple[int, str, Any]]:
     """Const axes the name pattern does not determine (syntactic part).
 
@@ -667,6 +699,7 @@ def lint(paths: Sequence[str] = (), specs_dir: str = SPECS_DIR, extra_templates:
         sym = symbol_problems(doc, known)
         problems.extend(sym)
         problems.extend(tag_problems(doc))
+        problems.extend(dump_difference_problems(doc))
         tmpl = template_problems(doc, dirs)
         problems.extend(tmpl)
         candidates = name_pattern_problems(doc)

@@ -214,3 +214,21 @@ def test_tag_rules():
     assert tag_problem("status:maybe")[0] == "error"
     assert "did you mean 'stage'" in tag_problem("stag:decode")[1]
     assert tag_problem("stage: decode")[0] == "error"
+
+
+def test_dump_difference_patterns_and_names(tmp_path):
+    from compiler.lint import dump_difference_problems
+    from compiler.load import load_yaml
+    p = tmp_path / "dd.yaml"
+    p.write_text("family: demo\n"
+                 "dump_differences:\n"
+                 "  - {name: a, fields: [inputs.x, 'axes.*_dim', op_type], why: w}\n"
+                 "definitions:\n"
+                 "  - id: x\n"
+                 "    dump_differences:\n"
+                 "      - {name: a, fields: [inputs.y.shape], why: w}\n"
+                 "      - {name: b, fields: [input.z, outputs.o.dtype, tags], why: w}\n")
+    got = [f"{e.location.line}:{e.location.col}: {e.message}" for e in dump_difference_problems(load_yaml(str(p)))]
+    assert got == ["7:10: dump difference 'a' is named twice for the same definitions",
+                   "8:28: field pattern 'input.z' names no field defc diff reports (op_type, tags, "
+                   "axes.X[.type|.value], inputs.X[.shape|.dtype], outputs.X[.shape|.dtype])"]
