@@ -209,6 +209,44 @@ def test_every_field_difference_of_a_replay_has_a_named_cause(model, args, tmp_p
     assert "0 without" in out and "[no named cause]" not in out
 
 
+# Models of other families whose replay diffs are fully explained by their specs' dump_differences
+# (gated delta net, attention sinks and sliding windows, Mamba2, DSA and MLA at EP 8, FP4/FP8 GEMMs,
+# quantizers and MoE through --quantization all, which replays one FP4 flavour per name, so gpt-oss's
+# NVFP4 recipes are exercised on their own).
+@pytest.mark.parametrize("model,args", [
+    ("qwen3-next-80b-a3b", []),
+    ("gpt-oss-20b", []),
+    ("nemotron-h-8b", []),
+    ("gemma-3-27b", []),
+    ("deepseek-v3.2", ["--tp", "8", "--ep", "8"]),
+    ("qwen3-30b-a3b", ["--quantization", "all"]),
+    ("gpt-oss-20b", ["--quantization", "nvfp4"]),
+])
+def test_replay_diffs_of_other_families_have_no_unexplained_field_difference(model, args, tmp_path, capsys):
+    from defc.cli import main
+    assert main(["trace", "--model", model, *args, "--backend", "replay", "--dumps", str(tmp_path),
+                 "--no-stage"]) == 0
+    capsys.readouterr()
+    rc, rep, rows = _diff_json(capsys, str(tmp_path), "--model", model, *args)
+    assert rep["field_differences"]["unexplained"] == 0, [
+        (r["predicted"], d) for r in rep["rows"] if r["predicted"] for d in r["diffs"] if "cause" not in d]
+    assert rep["field_differences"]["explained"] > 20
+    for r in rep["rows"]:
+        if r["status"] == "differs":
+            assert "every field difference has a named cause" in r["how"]
+
+
+def test_conflicting_dumps_are_not_counted_as_unexplained_field_differences():
+    from runners.diff import Report
+    rep = Report("m", [], rows=[
+        {"status": "differs", "predicted": "a", "dumped": "a",
+         "diffs": [{"field": "inputs.x", "predicted": "t", "dumped": None, "cause": "c"},
+                   {"field": "inputs.y", "predicted": "t", "dumped": None}]},
+        {"status": "conflict", "predicted": "", "dumped": "b",
+         "diffs": [{"field": "axes.k.value", "predicted": 1, "dumped": 2}]}])
+    assert rep.field_summary() == {"explained": 1, "unexplained": 1}
+
+
 def test_cause_matching_by_field_pattern_and_side():
     from runners.diff import cause_of
     known = [{"name": "only-dumped-scalars", "fields": ["inputs.*_scale"], "side": "dumped", "why": "w"},
