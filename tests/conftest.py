@@ -63,3 +63,25 @@ def shared_path(*parts):
     if not os.path.exists(p):
         pytest.fail(f"../shared is missing {os.path.join(*parts)}")
     return p
+
+
+def _default_dataset_state():
+    """Files (and their mtimes) of the repository's default dataset folder, tmp/flashinfer-trace."""
+    root = os.path.join(ROOT, "tmp", "flashinfer-trace")
+    out = {}
+    for folder, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(folder, f)
+            out[p] = os.stat(p).st_mtime_ns
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tests_leave_the_default_dataset_alone():
+    """No test may write into the repository's default dataset (a user's compile output lives there):
+    tests pass --out / --dumps / --no-stage into their own temporary folders."""
+    before = _default_dataset_state()
+    yield
+    after = _default_dataset_state()
+    changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+    assert not changed, f"tests wrote into {os.path.join(ROOT, 'tmp', 'flashinfer-trace')}: {changed[:5]}"
