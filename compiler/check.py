@@ -279,12 +279,12 @@ def load_spec(path: str) -> Spec:
         key = None                      # load_yaml reports it
     if key is not None and key in _CHECKED:
         return _CHECKED[key]
-    from .load import _cache_get, _cache_put
+    from .load import cache_get, cache_put
     ok_key = schema_ok_key("spec.schema.json", key[2]) if key is not None else None
-    known_ok = ok_key is not None and _cache_get(ok_key) is not None
+    known_ok = ok_key is not None and cache_get(ok_key) is not None
     spec = check_spec(load_yaml(path, "spec"), schema_checked=known_ok)
     if ok_key is not None and not known_ok:
-        _cache_put(ok_key, True, {})
+        cache_put(ok_key, True, {})
     if key is not None:
         if len(_CHECKED) > 256:
             _CHECKED.clear()

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import formula as F
 from .check import field_name, schema_errors, schema_ok_key
 from .errors import DefcError, DefcErrors, Location
-from .load import Located, _cache_get as cache_get, _cache_put as cache_put, display_path, load_yaml, read_text
+from .load import Located, cache_get, cache_put, display_path, load_yaml, read_text
 from .paths import MODEL_FACTS, SPECS_DIR
 
 

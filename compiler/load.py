@@ -152,7 +152,8 @@ def read_text(path: str, what: str = "file") -> str:
         raise DefcError(f"not valid UTF-8 (byte {e.start})", Location(shown, line, 1)) from None
 
 
-def _cache_dir() -> Optional[str]:
+def cache_dir() -> Optional[str]:
+    """The parse-cache folder (DEFC_CACHE_DIR, else ~/.cache/defc), or None when DEFC_NO_CACHE is set."""
     if os.environ.get("DEFC_NO_CACHE"):
         return None
     base = os.environ.get("DEFC_CACHE_DIR") or os.path.join(
@@ -160,8 +161,9 @@ def _cache_dir() -> Optional[str]:
     return base
 
 
-def _cache_get(key: str) -> Optional[Tuple[Any, Dict[Path, Tuple[int, int]]]]:
-    base = _cache_dir()
+def cache_get(key: str) -> Optional[Tuple[Any, Dict[Path, Tuple[int, int]]]]:
+    """(data, positions) stored under key, or None (absent, unreadable, caching off)."""
+    base = cache_dir()
     if not base:
         return None
     try:
@@ -172,8 +174,9 @@ def _cache_get(key: str) -> Optional[Tuple[Any, Dict[Path, Tuple[int, int]]]]:
         return None
 
 
-def _cache_put(key: str, data: Any, positions: Dict[Path, Tuple[int, int]]) -> None:
-    base = _cache_dir()
+def cache_put(key: str, data: Any, positions: Dict[Path, Tuple[int, int]]) -> None:
+    """Store JSON data (and YAML positions) under key, atomically; a failure only costs the cache."""
+    base = cache_dir()
     if not base:
         return
     try:
@@ -196,13 +199,13 @@ def load_yaml(path: str, what: str = "YAML file") -> Located:
     shown = display_path(path)
     text = read_text(path, what)
     key = "yaml-" + CACHE_VERSION + "-" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-    hit = _cache_get(key)
+    hit = cache_get(key)
     if hit is not None:
         return Located(shown, hit[0], hit[1])
     located = _parse_yaml(text, shown)
     if not _json_exact(located.data):
         return located   # not JSON-representable as is (e.g. integer keys): parse every time
-    _cache_put(key, located.data, located.positions)
+    cache_put(key, located.data, located.positions)
     return located
 
 
@@ -285,7 +288,7 @@ def load_safe_yaml(path: str, what: str = "YAML file") -> Any:
     shown = display_path(path)
     text = read_text(path, what)
     key = "safe-" + CACHE_VERSION + "-" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-    hit = _cache_get(key)                # ruamel has no C loader here: cache like load_yaml
+    hit = cache_get(key)                # ruamel has no C loader here: cache like load_yaml
     if hit is not None:
         return hit[0]
     from ruamel.yaml import YAML
@@ -295,7 +298,7 @@ def load_safe_yaml(path: str, what: str = "YAML file") -> Any:
     try:
         data = y.load(text)
         if _json_exact(data):
-            _cache_put(key, data, {})
+            cache_put(key, data, {})
         return data
     except YAMLError as e:
         raise _yaml_error(e, shown) from None

@@ -28,14 +28,14 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .load import _cache_dir, _cache_get, _cache_put
+from .load import cache_dir, cache_get, cache_put
 
 FORMAT = "defs-1"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def enabled() -> bool:
-    return _cache_dir() is not None and not os.environ.get("DEFC_NO_RESULT_CACHE")
+    return cache_dir() is not None and not os.environ.get("DEFC_NO_RESULT_CACHE")
 
 
 def _file_digest(h, path: str) -> None:
@@ -102,7 +102,7 @@ def key(toolchain: str, inputs: str, model, servings, options: Dict[str, Any]) -
 
 def get(k: str) -> Optional[List[Tuple[Dict[str, Any], List[str]]]]:
     """The stored definitions, or None (a miss: absent, unreadable or not of the expected shape)."""
-    hit = _cache_get(k)
+    hit = cache_get(k)
     if hit is None:
         return None
     data = hit[0]
@@ -124,13 +124,13 @@ MAX_ENTRIES = 2000        # beyond this many stored compiles, the older half is 
 
 
 def put(k: str, docs: Sequence[Tuple[Dict[str, Any], List[str]]]) -> None:
-    _cache_put(k, {"definitions": [[doc, list(sources)] for doc, sources in docs]}, {})
+    cache_put(k, {"definitions": [[doc, list(sources)] for doc, sources in docs]}, {})
     _prune()
 
 
 def _prune() -> None:
     """Keep the cache bounded: every change of the compiler or of a spec makes new entries."""
-    base = _cache_dir()
+    base = cache_dir()
     try:
         names = [n for n in os.listdir(base) if n.startswith(FORMAT + "-") and n.endswith(".json")]
         if len(names) <= MAX_ENTRIES:

@@ -36,6 +36,9 @@ def dumps(doc: Dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
+# Temp files are ``.defc-{pid}-{n}.tmp`` next to their target: never a ``*.json``, so a reader
+# of the dataset cannot mistake a half-written file for a definition, and a later run can tell a
+# leftover of a killed process (pid gone) from a write in progress (see clean_stale_temps).
 TEMP_PREFIX = ".defc-"
 TEMP_SUFFIX = ".tmp"
 _TEMP = re.compile(r"^\.defc-(\d+)-.*\.tmp$")

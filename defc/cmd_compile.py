@@ -69,6 +69,7 @@ def models_from(args):
 
 def run(args) -> int:
     from compiler.pipeline import compile_model, compile_models, write_planned, write_planned_many
+    from compiler.write import WRITES
     models = models_from(args)
     if len(models) > 1 or args.all_models:
         opts = options_from(args)
@@ -92,7 +93,7 @@ def run(args) -> int:
         for result, rep in zip(results, reports):
             _print_text(result, rep["body"]["definitions"], args.dry_run, opts.out)
         if len(results) > 1:
-            files = {p.path for r in results for p in r.planned if p.status in ("new", "merged", "replaced")}
+            files = {p.path for r in results for p in r.planned if p.status in WRITES}
             verb = "would write" if args.dry_run else "wrote"
             print(f"{len(results)} models: {verb} {len(files)} files into {opts.out}")
     collisions = sum(r.count("collision") for r in results)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from compiler.errors import DefcError, Location
 from compiler.load import display_path, load_safe_yaml
@@ -176,6 +176,19 @@ def _marker(p: PassPlan, model: str, extra: Dict[str, Any]) -> Dict[str, Any]:
     return m
 
 
+def start_pass(p: PassPlan, model: str, progress: Optional[Progress], index: str,
+               **marker_fields) -> Tuple[str, float, Dict[str, Any]]:
+    """Empty the pass folder (only if defc made it), note what was removed, and write the marker
+    that says the pass is running: (folder, start time, marker)."""
+    folder = os.path.abspath(p.folder)
+    removed = prepare_pass_folder(folder)
+    _note_removed(progress, index, p, removed)
+    marker = _marker(p, model, {"status": "running", "started": now(), **marker_fields,
+                                "previous_files_removed": len(removed)})
+    write_json(os.path.join(folder, MARKER), marker)
+    return folder, time.time(), marker
+
+
 def run_pass_process(folder: str, module: str, req_path: str, python: str, timeout: float, grace: float,
                      marker: Dict[str, Any], started: float, progress: Optional["Progress"] = None,
                      describe=None, header: Optional[str] = None, cwd: Optional[str] = None,
@@ -232,13 +245,7 @@ def run_pass_process(folder: str, module: str, req_path: str, python: str, timeo
 def run_sglang_pass(p: PassPlan, model: str, *, python: str, timeout: float, check_gpu: bool,
                     prompt: str, sampling_params: Dict[str, Any], grace: float = 10.0,
                     progress: Optional[Progress] = None, index: str = "") -> PassResult:
-    folder = os.path.abspath(p.folder)
-    removed = prepare_pass_folder(folder)
-    _note_removed(progress, index, p, removed)
-    started = time.time()
-    marker = _marker(p, model, {"status": "running", "started": now(), "engine": p.engine, "python": python,
-                                "previous_files_removed": len(removed)})
-    write_json(os.path.join(folder, MARKER), marker)
+    folder, started, marker = start_pass(p, model, progress, index, engine=p.engine, python=python)
     request = {"dump_dir": folder, "engine": p.engine, "prompt": prompt, "sampling_params": sampling_params,
                "check_gpu": check_gpu}
     req_path = os.path.join(folder, REQUEST)
@@ -290,12 +297,7 @@ def _log_tail(path: str) -> str:
 def run_replay_pass(p: PassPlan, model: str, instances: Dict[str, List[Any]],
                     progress: Optional[Progress] = None, index: str = "") -> PassResult:
     from .replay import replay
-    folder = os.path.abspath(p.folder)
-    removed = prepare_pass_folder(folder)
-    _note_removed(progress, index, p, removed)
-    started = time.time()
-    marker = _marker(p, model, {"status": "running", "started": now(), "previous_files_removed": len(removed)})
-    write_json(os.path.join(folder, MARKER), marker)
+    folder, started, marker = start_pass(p, model, progress, index)
     cb = (lambda s: progress.update(f"{index}{p.label()}  {s}")) if progress else None
     try:
         records = replay(instances, folder, p.page_size, cb)

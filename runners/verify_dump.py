@@ -116,14 +116,9 @@ def child(request_path: str) -> int:
 def run_flashinfer_pass(p, model: str, quantization: Optional[str], specs=(), timeout: float = 1800.0,
                         progress=None, index: str = "", device: str = "cuda"):
     """One pass: the child under FLASHINFER_TRACE_DUMP=1, then the marker (with per-definition records)."""
-    from .common import MARKER, now, prepare_pass_folder, write_json
-    from .trace import PassResult, _count_dumps, _marker, _note_removed, run_pass_process
-    folder = os.path.abspath(p.folder)
-    removed = prepare_pass_folder(folder)
-    _note_removed(progress, index, p, removed)
-    started = time.time()
-    marker = _marker(p, model, {"status": "running", "started": now(), "previous_files_removed": len(removed)})
-    write_json(os.path.join(folder, MARKER), marker)
+    from .common import MARKER, now, write_json
+    from .trace import PassResult, _count_dumps, run_pass_process, start_pass
+    folder, started, marker = start_pass(p, model, progress, index)
     req = {"folder": folder, "model": model, "tp": p.tp, "ep": p.ep, "page_size": p.page_size,
            "quantization": [quantization] if quantization else None, "specs": list(specs),
            "device": device}
