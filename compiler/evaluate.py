@@ -87,11 +87,15 @@ def _placeholder_parts(text: str) -> Tuple:
     return tuple(parts)
 
 
-def substitute(text: str, env: Dict[str, Any], where) -> str:
-    """Fill ``{name}`` placeholders from env; an unknown or undefined name is a located error."""
+def substitute(text: str, env: Dict[str, Any], spec: Spec, path: Tuple) -> str:
+    """Fill ``{name}`` placeholders from env; an unknown or undefined name is an error located
+    at ``path`` of ``spec``."""
+    if "{" not in text:
+        return text
     parts = _placeholder_parts(text)
     if len(parts) == 1:
         return text
+    where = _Where(spec, path)
     out = []
     for i, p in enumerate(parts):
         if i % 2 == 0:
@@ -269,7 +273,7 @@ class Evaluator:
                 entry["value"] = self._axis(spec, p + ("value",), a["value"], env, ctx, name)
                 env[name] = entry["value"]
             if a.get("description"):
-                entry["description"] = substitute(a["description"], env, self._where(spec, p + ("description",)))
+                entry["description"] = substitute(a["description"], env, spec, p + ("description",))
             axes[name] = entry
         tensors = {}
         for sect in ("inputs", "outputs"):
@@ -281,13 +285,13 @@ class Evaluator:
                 shape = t.get("shape")
                 if shape is not None:
                     # an entry may be a {placeholder} that names an axis (e.g. one chosen by a let)
-                    shape = [substitute(ax, env, self._where(spec, p + ("shape", j))) if PLACEHOLDER.search(ax) else ax
+                    shape = [substitute(ax, env, spec, p + ("shape", j)) if PLACEHOLDER.search(ax) else ax
                              for j, ax in enumerate(shape)]
                     for j, ax in enumerate(shape):
                         if ax not in axes:
                             raise DefcError(f"{sect[:-1]} '{name}' uses axis '{ax}', which is not present for {ctx}",
                                             *self._where(spec, p + ("shape", j)))
-                dtype = substitute(t["dtype"], env, self._where(spec, p + ("dtype",)))
+                dtype = substitute(t["dtype"], env, spec, p + ("dtype",))
                 if dtype not in DTYPES:
                     raise DefcError(f"dtype '{dtype}' of {sect[:-1]} '{name}' is not one of {', '.join(DTYPES)}",
                                     *self._where(spec, p + ("dtype",)))
@@ -295,7 +299,7 @@ class Evaluator:
                 if t.get("optional"):
                     entry["optional"] = True
                 if t.get("description"):
-                    entry["description"] = substitute(t["description"], env, self._where(spec, p + ("description",)))
+                    entry["description"] = substitute(t["description"], env, spec, p + ("description",))
                 tensors[sect][name] = entry
         constraints = []
         for j, c in enumerate(d.get("constraints") or []):
@@ -304,7 +308,7 @@ class Evaluator:
                 if "when" in c and not self._truth(spec, p + ("when",), c["when"], env, ctx):
                     continue
                 c = c["expr"]
-            constraints.append(substitute(c, env, self._where(spec, p)))
+            constraints.append(substitute(c, env, spec, p))
         tags = []
         for j, t in enumerate(d.get("tags") or []):
             p = base + ("tags", j)
@@ -312,7 +316,7 @@ class Evaluator:
                 if "when" in t and not self._truth(spec, p + ("when",), t["when"], env, ctx):
                     continue
                 t = t["tag"]
-            tag = substitute(t, env, self._where(spec, p))
+            tag = substitute(t, env, spec, p)
             if tag not in tags:
                 tags.append(tag)
         params = {}
@@ -320,13 +324,13 @@ class Evaluator:
         for k, v in (ref.get("params") or {}).items():
             val = self._value(spec, base + ("reference", "params", k), v, env, ctx)
             params[k] = F.to_python(val)
-        name = substitute(d["name"], env, self._where(spec, base + ("name",)))
+        name = substitute(d["name"], env, spec, base + ("name",))
         op_type = d.get("op_type") or spec.data.get("op_type") or spec.family
-        desc = substitute(d.get("description", ""), env, self._where(spec, base + ("description",)))
+        desc = substitute(d.get("description", ""), env, spec, base + ("description",))
         aliases = []
         for j, al in enumerate(d.get("aliases") or []):
             p = base + ("aliases", j)
-            aliases.append({"name": substitute(al["name"], env, self._where(spec, p + ("name",))),
+            aliases.append({"name": substitute(al["name"], env, spec, p + ("name",)),
                             "op_type": al.get("op_type", op_type), "why": al.get("why", "")})
         inst = Instance(name=name, op_type=op_type, description=desc, tags=tags, axes=axes,
                         constraints=constraints, inputs=tensors["inputs"], outputs=tensors["outputs"],

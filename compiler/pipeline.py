@@ -29,9 +29,10 @@ from .facts import load_facts, model_env, quant_key
 from .models import ModelInfo, resolve_model
 from . import result_cache
 from .paths import DEFAULT_COOKBOOK, DEFAULT_OUT, MODEL_FACTS, SPECS_DIR
-from .render import render, template_dirs
+from .render import Renderer, template_dirs
 from .serving import Serving, default_servings, explicit_servings, rows_for
-from .write import WRITES, Planned, apply_many, check_component, clean_stale_temps, final_writes, plan
+from .workers import MISSING, map_forked
+from .write import WRITES, Listing, Planned, apply_many, check_component, clean_stale_temps, final_writes, plan
 
 
 @dataclass
@@ -180,21 +181,49 @@ class ModelDefinitions:
     servings: List[Serving]
     notes: List[str]
     docs: List[Tuple[Dict[str, Any], List[str]]]     # (definition, serving configs it comes from)
-    instances: Mapping                               # name -> [Instance]
+    instances: Optional[Mapping]                     # name -> [Instance]; None when it came from a worker
     cached: bool = False                             # docs came from the result cache
+
+    def __getstate__(self):
+        """Sent from a compile worker without its instances (specs and symbol tables stay there)."""
+        state = dict(self.__dict__)
+        state["instances"] = None
+        return state
 
 
 class CompileRun:
     """What the models of one compile share: the digests of the toolchain and specs for the
-    result cache (worked out once per run)."""
+    result cache (worked out once per run), the specs (loaded once), and a Renderer per template
+    folder list (templates loaded once, shared reference sources rendered once)."""
 
     def __init__(self):
         self._digests: Dict[Tuple, str] = {}
+        self._renderers: Dict[Tuple[str, ...], Renderer] = {}
+        self._specs: Dict[Tuple[str, ...], List[Spec]] = {}
+
+    def specs(self, paths: Sequence[str]) -> List[Spec]:
+        """The specs, loaded (read, parsed, checked) once per run."""
+        key = tuple(paths)
+        if key not in self._specs:
+            self._specs[key] = load_specs(paths)
+        return self._specs[key]
+
+    def renderer(self, dirs: Tuple[str, ...]) -> Renderer:
+        if dirs not in self._renderers:
+            self._renderers[dirs] = Renderer(dirs)
+        return self._renderers[dirs]
 
     def digest(self, what: Tuple, compute) -> str:
         if what not in self._digests:
             self._digests[what] = compute()
         return self._digests[what]
+
+
+def _evaluator(opts: CompileOptions, model: ModelInfo, facts, paths: List[str], servings: List[Serving],
+               run: "CompileRun"):
+    def evaluate():
+        return evaluate_model(opts, model, facts, run.specs(paths), servings)
+    return evaluate
 
 
 def model_definitions(opts: CompileOptions, run: Optional[CompileRun] = None) -> ModelDefinitions:
@@ -208,9 +237,7 @@ def model_definitions(opts: CompileOptions, run: Optional[CompileRun] = None) ->
     servings, notes = servings_for(model, opts, facts)
     dirs = template_dirs(list(opts.template_dirs))
 
-    def evaluate():
-        return evaluate_model(opts, model, facts, load_specs(paths), servings)
-
+    evaluate = _evaluator(opts, model, facts, paths, servings, run)
     cache_key = None
     if result_cache.enabled():
         facts_file = os.path.join(os.path.abspath(opts.specs_dir), MODEL_FACTS)
@@ -224,8 +251,9 @@ def model_definitions(opts: CompileOptions, run: Optional[CompileRun] = None) ->
             return ModelDefinitions(model, servings, notes, docs, LazyInstances(evaluate), cached=True)
     by_name = evaluate()
     docs = []
+    renderer = run.renderer(dirs)
     for name, insts in by_name.items():
-        doc = render(insts[0], [model.slug], dirs)
+        doc = renderer.render(insts[0], [model.slug])
         for other in insts[1:]:
             for t in other.tags:
                 if t not in doc["tags"]:
@@ -247,11 +275,50 @@ def _result(md: ModelDefinitions, planned: List[Planned]) -> CompileResult:
 def compile_model(opts: CompileOptions) -> CompileResult:
     md = model_definitions(opts)
     planned = []
+    listing = Listing()
     for doc, sources in md.docs:
-        p = plan(opts.out, doc, force=opts.force, skip_existing=opts.skip_existing)
+        p = plan(opts.out, doc, force=opts.force, skip_existing=opts.skip_existing, listing=listing)
         p.sources = sources
         planned.append(p)
     return _result(md, planned)
+
+
+def models_definitions(models: Sequence[str], opts: CompileOptions,
+                       jobs: Optional[int] = None) -> List[ModelDefinitions]:
+    """model_definitions for each model, in order, spread over forked workers (see workers).  A
+    model whose worker did not deliver — an error included — is done again here, in order, so
+    the first bad model raises its error as a run without workers would.  Instances of models
+    done by a worker are evaluated again if they are asked for."""
+    run = CompileRun()
+
+    def work(slug):
+        return model_definitions(replace(opts, model=slug), run)
+
+    if len(models) > 1:
+        _load_shared(opts, run)
+    done = map_forked(list(models), work, jobs)
+    out = []
+    for slug, md in zip(models, done):
+        if md is MISSING:
+            md = work(slug)
+        elif md.instances is None:
+            o = replace(opts, model=slug)
+            md.instances = LazyInstances(_evaluator(o, md.model, load_facts(o.specs_dir),
+                                                    spec_paths(o.specs, o.specs_dir), md.servings, run))
+        out.append(md)
+    return out
+
+
+def _load_shared(opts: CompileOptions, run: CompileRun) -> None:
+    """Load what every model uses — the model facts, the specs, every template compiled — once,
+    before the models are shared out among workers, which then have it already.  A problem found
+    here is left for the model that meets it to report."""
+    try:
+        load_facts(opts.specs_dir)
+        run.specs(spec_paths(opts.specs, opts.specs_dir))
+    except DefcError:
+        pass
+    run.renderer(template_dirs(list(opts.template_dirs))).load_all()
 
 
 def compile_models(models: Sequence[str], opts: CompileOptions) -> List[CompileResult]:
@@ -261,13 +328,13 @@ def compile_models(models: Sequence[str], opts: CompileOptions) -> List[CompileR
     earlier ones would have left (``plan(..., current=...)``), not against the disk.  Write the
     results with :func:`write_planned_many`."""
     current: Dict[str, Planned] = {}
-    run = CompileRun()
+    listing = Listing()
     results = []
-    for slug in models:
-        md = model_definitions(replace(opts, model=slug), run)
+    for md in models_definitions(models, opts):
         planned = []
         for doc, sources in md.docs:
-            p = plan(opts.out, doc, force=opts.force, skip_existing=opts.skip_existing, current=current)
+            p = plan(opts.out, doc, force=opts.force, skip_existing=opts.skip_existing, current=current,
+                     listing=listing)
             p.sources = sources
             if p.status in WRITES:
                 current[p.path] = p

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .check import field_name
 from .errors import DefcError, Location
 from .evaluate import Instance
-from .load import display_path
+from .load import cache_dir, display_path
 from .paths import TEMPLATES_DIR
 
 KEY_ORDER = ("name", "description", "op_type", "tags", "axes", "constraints", "inputs", "outputs", "reference")
@@ -37,6 +37,28 @@ def _pyrepr(v: Any) -> str:
 
 MAX_TEMPLATE_EXPONENT = 64
 MAX_TEMPLATE_REPEAT = 1_000_000
+
+
+def _tojson(value: Any, indent: Optional[int] = None) -> str:
+    """``{{ x | tojson }}``: plain JSON.  Templates render JSON and Python source, not HTML, so
+    Jinja's HTML-safe variant (which also escapes ``<>&'``) is not needed; the values parsed back
+    are the same either way."""
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+def _bytecode_cache():
+    """Compiled templates kept in the cache folder (Jinja checks each against its source), so a
+    fresh process does not compile every template again; None when caching is off."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    from jinja2 import FileSystemBytecodeCache
+    folder = os.path.join(folder, "jinja")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return None
+    return FileSystemBytecodeCache(folder)
 
 
 @lru_cache(maxsize=8)
@@ -62,8 +84,9 @@ def environment(dirs: Tuple[str, ...]):
             return super().call_binop(context, operator, left, right)
 
     env = BoundedSandbox(loader=FileSystemLoader(list(dirs)), undefined=StrictUndefined,
-                         autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False}
+                         autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+                         bytecode_cache=_bytecode_cache())
+    env.filters["tojson"] = _tojson
     env.filters["py"] = _pyrepr
     return env
 
@@ -109,14 +132,6 @@ def _template_error(e: Exception, name: str, dirs: Tuple[str, ...]) -> DefcError
     return DefcError(f"template failed: {type(e).__name__}: {e}", Location(display_path(path), line, 1))
 
 
-def render_template(name: str, context: Dict[str, Any], dirs: Tuple[str, ...]) -> str:
-    env = environment(dirs)
-    try:
-        return env.get_template(name).render(**context)
-    except Exception as e:  # every Jinja failure becomes one located line
-        raise _template_error(e, name, dirs) from None
-
-
 def base_tags(inst: Instance, models: List[str]) -> List[str]:
     tags = [f"status:{inst.status}"]
     if inst.fi_api:
@@ -150,19 +165,74 @@ def _template_location(inst: Instance, dirs: Tuple[str, ...]) -> Location:
     return Location(display_path(template_file(inst.template, dirs)))
 
 
+class Renderer:
+    """Renders instances for one compile: each template is loaded (and checked against its file)
+    once, and a reference source is rendered once per template and context — models that share
+    a kernel shape share its reference.  Make a new one for each compile: a template edited in
+    between is then seen."""
+
+    def __init__(self, dirs: Tuple[str, ...]):
+        self.dirs = dirs
+        self._templates: Dict[str, Any] = {}
+        self._references: Dict[str, str] = {}
+
+    def template_text(self, name: str, context: Dict[str, Any]) -> str:
+        template = self._templates.get(name)
+        try:
+            if template is None:
+                template = self._templates[name] = environment(self.dirs).get_template(name)
+            return template.render(**context)
+        except Exception as e:  # every Jinja failure becomes one located line
+            raise _template_error(e, name, self.dirs) from None
+
+    def load_all(self) -> None:
+        """Load every template now (e.g. before work is shared out among forked workers); one
+        that fails to load is left for the render that needs it to report."""
+        env = environment(self.dirs)
+        for name in env.list_templates(filter_func=lambda n: n.endswith(".j2")):
+            if name not in self._templates:
+                try:
+                    self._templates[name] = env.get_template(name)
+                except Exception:
+                    pass
+
+    def reference(self, inst: Instance) -> str:
+        ctx = reference_context(inst)
+        try:
+            key = json.dumps([inst.reference_template, ctx], sort_keys=True)
+        except (TypeError, ValueError):
+            key = None
+        text = self._references.get(key) if key is not None else None
+        if text is None:
+            try:
+                text = self.template_text(inst.reference_template, ctx)
+            except DefcError as e:
+                raise _named_by_spec(e, inst, ("reference", "template")) from None
+            if key is not None:
+                self._references[key] = text
+        return text
+
+    def render(self, inst: Instance, models: List[str]) -> Dict[str, Any]:
+        """An instance's Definition dict."""
+        reference = self.reference(inst)
+        ctx = {"name": inst.name, "description": inst.description, "op_type": inst.op_type,
+               "tags": base_tags(inst, models), "axes": inst.axes, "constraints": inst.constraints,
+               "inputs": inst.inputs, "outputs": inst.outputs, "reference": reference,
+               "params": inst.params, "quantization": inst.quantization}
+        try:
+            text = self.template_text(inst.template, ctx)
+        except DefcError as e:
+            raise _named_by_spec(e, inst, ("template",)) from None
+        return _definition(inst, text, self.dirs)
+
+
 def render(inst: Instance, models: List[str], dirs: Tuple[str, ...]) -> Dict[str, Any]:
-    try:
-        reference = render_template(inst.reference_template, reference_context(inst), dirs)
-    except DefcError as e:
-        raise _named_by_spec(e, inst, ("reference", "template")) from None
-    ctx = {"name": inst.name, "description": inst.description, "op_type": inst.op_type,
-           "tags": base_tags(inst, models), "axes": inst.axes, "constraints": inst.constraints,
-           "inputs": inst.inputs, "outputs": inst.outputs, "reference": reference,
-           "params": inst.params, "quantization": inst.quantization}
-    try:
-        text = render_template(inst.template, ctx, dirs)
-    except DefcError as e:
-        raise _named_by_spec(e, inst, ("template",)) from None
+    """An instance's Definition dict (a one-off; a compile uses one Renderer for all)."""
+    return Renderer(dirs).render(inst, models)
+
+
+def _definition(inst: Instance, text: str, dirs: Tuple[str, ...]) -> Dict[str, Any]:
+    """The rendered definition text, parsed and checked, with its keys in the usual order."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:

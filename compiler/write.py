@@ -48,19 +48,26 @@ os.umask(_UMASK)
 
 
 _counter = itertools.count()
+_PID = [os.getpid()]             # getpid is a system call; forked workers learn theirs
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 
 def _write_temp(path: str, data: bytes) -> Tuple[int, str]:
     """Create ``.defc-{pid}-{n}.tmp`` next to path and write data into it; return (open fd, temp path)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    folder = os.path.dirname(path) or "."
+    pid = _PID[0]
     while True:
-        tmp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{next(_counter)}{TEMP_SUFFIX}")
+        tmp = os.path.join(folder, f"{TEMP_PREFIX}{pid}-{next(_counter)}{TEMP_SUFFIX}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
             break
         except FileExistsError:        # a leftover of an earlier process that had this pid
             continue
+        except FileNotFoundError:      # callers that did not make the folder
+            if os.path.isdir(folder):
+                raise
+            os.makedirs(folder, exist_ok=True)
     try:
         view = memoryview(data)
         slow = os.environ.get("DEFC_TEST_SLOW_WRITE")   # test hook: the interrupted-compile test
@@ -104,7 +111,8 @@ _SYNCFS: List[Any] = []
 
 
 def _syncfs(fds: Sequence[int]) -> bool:
-    """One syncfs(2) per filesystem of the given fds (Linux); False where it is not available."""
+    """One syncfs(2) per filesystem of the given fds (one fd per folder is enough: Linux);
+    False where it is not available."""
     if not _SYNCFS:
         try:
             import ctypes
@@ -138,7 +146,8 @@ def atomic_write_many(items: Sequence[Tuple[str, bytes]], batch: int = 64) -> No
         try:
             for path, data in items[i:i + batch]:
                 opened.append(_write_temp(path, data) + (path,))
-            if opened and _syncfs([fd for fd, _, _ in opened]):
+            by_folder = {os.path.dirname(tmp): fd for fd, tmp, _ in opened}
+            if opened and _syncfs(list(by_folder.values())):
                 while opened:
                     fd, tmp, path = opened.pop()
                     os.close(fd)
@@ -290,15 +299,37 @@ def definition_path(out: str, doc: Dict[str, Any]) -> str:
     return os.path.join(out, "definitions", op, f"{name}.json")
 
 
+class Listing:
+    """Which files exist, one folder listing each (instead of a stat per planned file); made for
+    one compile's planning."""
+
+    def __init__(self):
+        self._names: Dict[str, Optional[frozenset]] = {}
+
+    def exists(self, path: str) -> bool:
+        folder, name = os.path.split(path)
+        names = self._names.get(folder, False)
+        if names is False:
+            try:
+                names = frozenset(os.listdir(folder or "."))
+            except (FileNotFoundError, NotADirectoryError):
+                names = frozenset()
+            except OSError:
+                names = None            # unreadable folder: ask about each file
+            self._names[folder] = names
+        return os.path.exists(path) if names is None else (name in names and os.path.exists(path))
+
+
 def plan(out: str, doc: Dict[str, Any], force: bool = False, skip_existing: bool = True,
-         current: Optional[Dict[str, Planned]] = None) -> Planned:
+         current: Optional[Dict[str, Planned]] = None, listing: Optional[Listing] = None) -> Planned:
     """Place a definition: against the file on disk, or against ``current[path]`` — the write an
-    earlier model of the same run planned for that file, which the disk would hold by now."""
+    earlier model of the same run planned for that file, which the disk would hold by now.
+    ``listing``: a Listing shared by the plans of one compile."""
     path = definition_path(out, doc)
     prior = current.get(path) if current is not None else None
     if prior is not None:
         return _plan_over(path, doc, prior.doc, prior, force, skip_existing)
-    if not os.path.exists(path):
+    if not (listing.exists(path) if listing is not None else os.path.exists(path)):
         return Planned(doc, path, "new")
     try:
         with open(path, encoding="utf-8") as fh:
