@@ -279,7 +279,6 @@ def main():
     def cli_catalogue(tag, extra=None) -> float:
         out = os.path.join(work, f"cli-{tag}")
         t = timed_cmd(all_cmd + ["--out", out], dict(full_env, **(extra or {})))
-        shutil.rmtree(out, ignore_errors=True)
         return t
 
     try:
@@ -292,21 +291,17 @@ def main():
         # what it wrote (files, versions, bytes, memory, modules) and the write log for the floors
         log = os.path.join(work, "log.json")
         r0 = run_worker(["catalogue", os.path.join(work, "stats"), log, "multi"], env, base_env)
-        shutil.rmtree(os.path.join(work, "stats"), ignore_errors=True)
         r0_nores = run_worker(["catalogue", os.path.join(work, "stats-n"), "", "multi"],
                               dict(env, **no_result_cache), base_env)
-        shutil.rmtree(os.path.join(work, "stats-n"), ignore_errors=True)
         floor_atomic, floor_plain = [], []
         for i in range(a.runs):
             for mode, into in (("atomic", floor_atomic), ("plain", floor_plain)):
                 folder = os.path.join(work, f"f{mode}{i}")
                 into.append(run_worker(["floor", log, folder, mode], env, base_env)["wall_s"])
-                shutil.rmtree(folder, ignore_errors=True)
         # the old way, model by model through the API (in a bench worker process)
         cat_seq = []
         for i in range(a.runs):
             cat_seq.append(run_worker(["catalogue", os.path.join(work, f"seq{i}"), "", "sequential"], env, base_env))
-            shutil.rmtree(os.path.join(work, f"seq{i}"), ignore_errors=True)
         heap = run_worker(["tracemalloc", os.path.join(work, "tm")], env, base_env)
 
         # one model, cold process
@@ -321,6 +316,9 @@ def main():
             fi = [run_worker(["fi_trace", os.path.join(work, f"fi{i}")], env, base_env)
                   for i in range(max(1, min(a.runs, 2)))]
     finally:
+        # deleted only now: on ext4, creating files soon after many were deleted is slower (the
+        # inode allocator steps over recently deleted inodes), which would charge one
+        # measurement for the clean-up of the one before
         shutil.rmtree(work, ignore_errors=True)
 
     seq_wall = [r["process_s"] for r in cat_seq]

@@ -32,7 +32,7 @@ from .paths import DEFAULT_COOKBOOK, DEFAULT_OUT, MODEL_FACTS, SPECS_DIR
 from .render import Renderer, template_dirs
 from .serving import Serving, default_servings, explicit_servings, rows_for
 from .workers import MISSING, map_forked
-from .write import WRITES, Listing, Planned, apply_many, check_component, clean_stale_temps, final_writes, plan
+from .write import WRITES, Listing, Planned, dumps, apply_many, check_component, clean_stale_temps, final_writes, plan
 
 
 @dataclass
@@ -110,9 +110,13 @@ def servings_for(model: ModelInfo, opts: CompileOptions, facts) -> (List[Serving
     return [Serving(1, 1, 1, False, explicit_q, ("default tp=1",))], ["no cookbook entry: TP=1"]
 
 
-def _prerender_key(inst: Instance) -> str:
-    return json.dumps([inst.op_type, inst.axes, inst.inputs, inst.outputs, inst.constraints,
-                       inst.reference_template, inst.params, inst.template], sort_keys=True, default=str)
+def _same_definition(a: Instance, b: Instance) -> bool:
+    """Two instances render the same definition (tags aside).  Reference parameters are compared
+    as JSON, where 1, 1.0 and true differ as they do in the rendered source."""
+    return (a.op_type, a.axes, a.inputs, a.outputs, a.constraints, a.reference_template, a.template) == \
+        (b.op_type, b.axes, b.inputs, b.outputs, b.constraints, b.reference_template, b.template) and \
+        (a.params == b.params and json.dumps(a.params, sort_keys=True, default=str)
+         == json.dumps(b.params, sort_keys=True, default=str))
 
 
 def evaluate_model(opts: CompileOptions, model: ModelInfo, facts, specs: List[Spec],
@@ -126,7 +130,6 @@ def evaluate_model(opts: CompileOptions, model: ModelInfo, facts, specs: List[Sp
         qsel = ["all"] if "all" in opts.quantization else [quant_key(facts, q) for q in opts.quantization]
     ev = Evaluator(model.slug, qsel)
     by_name: Dict[str, List[Instance]] = {}
-    keys: Dict[str, str] = {}          # worked out for names that come more than once
     for s in servings:
         env = model_env(model.config, s.symbols(), facts, model.slug, model.origin)
         for spec in specs:
@@ -136,9 +139,7 @@ def evaluate_model(opts: CompileOptions, model: ModelInfo, facts, specs: List[Sp
                 same = by_name.get(inst.name)
                 if same is not None:
                     first = same[0]
-                    if inst.name not in keys:
-                        keys[inst.name] = _prerender_key(first)
-                    if keys[inst.name] != _prerender_key(inst):
+                    if not _same_definition(first, inst):
                         raise DefcError(
                             f"two different definitions are named '{inst.name}' (from {first.spec.path} "
                             f"'{first.def_id}' at {first.serving.label()} and '{inst.def_id}' at {s.label()}); "
@@ -183,12 +184,20 @@ class ModelDefinitions:
     docs: List[Tuple[Dict[str, Any], List[str]]]     # (definition, serving configs it comes from)
     instances: Optional[Mapping]                     # name -> [Instance]; None when it came from a worker
     cached: bool = False                             # docs came from the result cache
+    texts: Optional[List[str]] = None                # the docs as files (write.dumps), when known
 
     def __getstate__(self):
-        """Sent from a compile worker without its instances (specs and symbol tables stay there)."""
+        """Sent from a compile worker as file texts (the worker serialises them, in parallel)
+        without its instances (specs and symbol tables stay there)."""
         state = dict(self.__dict__)
         state["instances"] = None
+        state["texts"] = [dumps(doc) for doc, _ in self.docs]
+        state["docs"] = [sources for _, sources in self.docs]
         return state
+
+    def __setstate__(self, state):
+        state["docs"] = [(json.loads(t), sources) for t, sources in zip(state["texts"], state["docs"])]
+        self.__dict__.update(state)
 
 
 class CompileRun:
@@ -226,10 +235,11 @@ def _evaluator(opts: CompileOptions, model: ModelInfo, facts, paths: List[str], 
     return evaluate
 
 
-def model_definitions(opts: CompileOptions, run: Optional[CompileRun] = None) -> ModelDefinitions:
+def model_definitions(opts: CompileOptions, run: Optional[CompileRun] = None,
+                      cached_only: bool = False) -> Optional[ModelDefinitions]:
     """Evaluate and render one model: each definition once, with the tags of every serving config
     that produces it.  Definitions made before from the same inputs come from the result cache
-    (see result_cache)."""
+    (see result_cache); ``cached_only``: those or None."""
     run = run or CompileRun()
     model = resolve_model(opts.model, opts.config, opts.hf_repo_id)
     facts = load_facts(opts.specs_dir)
@@ -249,6 +259,8 @@ def model_definitions(opts: CompileOptions, run: Optional[CompileRun] = None) ->
         docs = result_cache.get(cache_key)
         if docs is not None:
             return ModelDefinitions(model, servings, notes, docs, LazyInstances(evaluate), cached=True)
+    if cached_only:
+        return None
     by_name = evaluate()
     docs = []
     renderer = run.renderer(dirs)
@@ -285,18 +297,27 @@ def compile_model(opts: CompileOptions) -> CompileResult:
 
 def models_definitions(models: Sequence[str], opts: CompileOptions,
                        jobs: Optional[int] = None) -> List[ModelDefinitions]:
-    """model_definitions for each model, in order, spread over forked workers (see workers).  A
-    model whose worker did not deliver — an error included — is done again here, in order, so
-    the first bad model raises its error as a run without workers would.  Instances of models
-    done by a worker are evaluated again if they are asked for."""
+    """model_definitions for each model, in order: those in the result cache read here, the
+    others spread over forked workers (see workers).  A model whose worker did not deliver — an
+    error included — is done again here, in order, so the first bad model raises its error as a
+    run without workers would.  Instances of models done by a worker are evaluated again if they
+    are asked for."""
     run = CompileRun()
 
     def work(slug):
         return model_definitions(replace(opts, model=slug), run)
 
-    if len(models) > 1:
+    done: List[Any] = []
+    for slug in models:
+        try:
+            done.append(model_definitions(replace(opts, model=slug), run, cached_only=True) or MISSING)
+        except DefcError:
+            done.append(MISSING)            # raised again below, in its turn
+    todo = [i for i, md in enumerate(done) if md is MISSING]
+    if len(todo) > 1:
         _load_shared(opts, run)
-    done = map_forked(list(models), work, jobs)
+        for i, md in zip(todo, map_forked([models[i] for i in todo], work, jobs)):
+            done[i] = md
     out = []
     for slug, md in zip(models, done):
         if md is MISSING:
@@ -332,10 +353,12 @@ def compile_models(models: Sequence[str], opts: CompileOptions) -> List[CompileR
     results = []
     for md in models_definitions(models, opts):
         planned = []
-        for doc, sources in md.docs:
+        for k, (doc, sources) in enumerate(md.docs):
             p = plan(opts.out, doc, force=opts.force, skip_existing=opts.skip_existing, current=current,
                      listing=listing)
             p.sources = sources
+            if md.texts is not None and p.doc is doc and p.status == "new":
+                p.text = md.texts[k]        # serialised by the worker
             if p.status in WRITES:
                 current[p.path] = p
             planned.append(p)

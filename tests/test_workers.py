@@ -63,9 +63,9 @@ def test_a_worker_that_dies_loses_nothing_but_its_items():
     parent = os.getpid()
 
     def work(x):
-        time.sleep(0.02)
         if os.getpid() != parent:
             os._exit(7)                                     # a crash, not an exception
+        time.sleep(0.05)                                    # the worker gets items meanwhile
         return -x
     out = map_forked(list(range(10)), work, 2)
     assert all(v is MISSING or v == -i for i, v in enumerate(out))
