@@ -184,14 +184,13 @@ class ModelDefinitions:
     docs: List[Tuple[Dict[str, Any], List[str]]]     # (definition, serving configs it comes from)
     instances: Optional[Mapping]                     # name -> [Instance]; None when it came from a worker
     cached: bool = False                             # docs came from the result cache
-    texts: Optional[List[str]] = None                # the docs as files (write.dumps), when known
+    texts: Optional[List[str]] = None                # each doc as its file (write.dumps)
 
     def __getstate__(self):
-        """Sent from a compile worker as file texts (the worker serialises them, in parallel)
-        without its instances (specs and symbol tables stay there)."""
+        """Sent from a compile worker as file texts, without its instances (specs and symbol
+        tables stay there)."""
         state = dict(self.__dict__)
         state["instances"] = None
-        state["texts"] = [dumps(doc) for doc, _ in self.docs]
         state["docs"] = [sources for _, sources in self.docs]
         return state
 
@@ -256,9 +255,10 @@ def model_definitions(opts: CompileOptions, run: Optional[CompileRun] = None,
                             lambda: result_cache.inputs_digest(paths, facts_file))
         cache_key = result_cache.key(toolchain, inputs, model, servings,
                                      {"quantization": opts.quantization, "op_types": opts.op_types})
-        docs = result_cache.get(cache_key)
-        if docs is not None:
-            return ModelDefinitions(model, servings, notes, docs, LazyInstances(evaluate), cached=True)
+        hit = result_cache.get(cache_key)
+        if hit is not None:
+            return ModelDefinitions(model, servings, notes, hit[0], LazyInstances(evaluate), cached=True,
+                                    texts=hit[1])
     if cached_only:
         return None
     by_name = evaluate()
@@ -272,11 +272,12 @@ def model_definitions(opts: CompileOptions, run: Optional[CompileRun] = None,
                     doc["tags"].append(t)
         _check_file_names(doc, insts[0])
         docs.append((doc, sorted({i.serving.label() for i in insts})))
+    texts = [dumps(doc) for doc, _ in docs]
     # stored only if no spec or template changed while it was made (the key was worked out first)
     if cache_key is not None and result_cache.inputs_digest(paths, facts_file) == inputs \
             and result_cache.toolchain_digest(dirs) == toolchain:
-        result_cache.put(cache_key, docs)
-    return ModelDefinitions(model, servings, notes, docs, by_name)
+        result_cache.put(cache_key, docs, texts)
+    return ModelDefinitions(model, servings, notes, docs, by_name, texts=texts)
 
 
 def _result(md: ModelDefinitions, planned: List[Planned]) -> CompileResult:
@@ -284,13 +285,20 @@ def _result(md: ModelDefinitions, planned: List[Planned]) -> CompileResult:
     return CompileResult(md.model, md.servings, planned, md.notes, md.instances)
 
 
+def _known_text(p: Planned, md: ModelDefinitions, k: int) -> None:
+    """A new file is written as its definition's text, serialised when it was rendered."""
+    if md.texts is not None and p.status == "new" and p.doc is md.docs[k][0]:
+        p.text = md.texts[k]
+
+
 def compile_model(opts: CompileOptions) -> CompileResult:
     md = model_definitions(opts)
     planned = []
     listing = Listing()
-    for doc, sources in md.docs:
+    for k, (doc, sources) in enumerate(md.docs):
         p = plan(opts.out, doc, force=opts.force, skip_existing=opts.skip_existing, listing=listing)
         p.sources = sources
+        _known_text(p, md, k)
         planned.append(p)
     return _result(md, planned)
 
@@ -357,8 +365,7 @@ def compile_models(models: Sequence[str], opts: CompileOptions) -> List[CompileR
             p = plan(opts.out, doc, force=opts.force, skip_existing=opts.skip_existing, current=current,
                      listing=listing)
             p.sources = sources
-            if md.texts is not None and p.doc is doc and p.status == "new":
-                p.text = md.texts[k]        # serialised by the worker
+            _known_text(p, md, k)
             if p.status in WRITES:
                 current[p.path] = p
             planned.append(p)

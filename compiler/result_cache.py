@@ -2,7 +2,7 @@
 
 Evaluating and rendering a model is the bulk of a compile that has nothing new to say: the same
 specs, model config, serving configs, templates and compiler give the same definitions.  After
-a model is rendered, its definitions (plain JSON data, never code) are stored in the parse cache
+a model is rendered, its definitions (as the JSON texts of their files, never code) are stored in the parse cache
 folder (``DEFC_CACHE_DIR``, default ``~/.cache/defc``; ``DEFC_NO_CACHE=1`` turns every cache off,
 ``DEFC_NO_RESULT_CACHE=1`` this one)
 under a key that is the sha256 of
@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .load import cache_dir, cache_get, cache_put
 
-FORMAT = "defs-1"
+FORMAT = "defs-2"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -100,22 +100,24 @@ def key(toolchain: str, inputs: str, model, servings, options: Dict[str, Any]) -
     return FORMAT + "-" + h.hexdigest()
 
 
-def get(k: str) -> Optional[List[Tuple[Dict[str, Any], List[str]]]]:
-    """The stored definitions, or None (a miss: absent, unreadable or not of the expected shape)."""
+def get(k: str) -> Optional[Tuple[List[Tuple[Dict[str, Any], List[str]]], List[str]]]:
+    """The stored definitions and their file texts, or None (a miss: absent, unreadable or not of
+    the expected shape)."""
     hit = cache_get(k)
     if hit is None:
         return None
     data = hit[0]
     try:
-        items = data["definitions"]
-        out = []
-        for doc, sources in items:
+        docs, texts = [], []
+        for text, sources in data["definitions"]:
+            doc = json.loads(text)
             if not (isinstance(doc, dict) and isinstance(doc.get("name"), str) and isinstance(doc.get("op_type"), str)
                     and isinstance(doc.get("tags"), list) and isinstance(sources, list)
                     and all(isinstance(s, str) for s in sources)):
                 return None
-            out.append((doc, sources))
-        return out
+            docs.append((doc, sources))
+            texts.append(text)
+        return docs, texts
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -123,8 +125,10 @@ def get(k: str) -> Optional[List[Tuple[Dict[str, Any], List[str]]]]:
 MAX_ENTRIES = 2000        # beyond this many stored compiles, the older half is removed
 
 
-def put(k: str, docs: Sequence[Tuple[Dict[str, Any], List[str]]]) -> None:
-    cache_put(k, {"definitions": [[doc, list(sources)] for doc, sources in docs]}, {})
+def put(k: str, docs: Sequence[Tuple[Dict[str, Any], List[str]]], texts: Sequence[str]) -> None:
+    """Store a model's definitions as their file texts (write.dumps of each), so that a hit
+    needs no serialising before the files are written."""
+    cache_put(k, {"definitions": [[text, list(sources)] for (_, sources), text in zip(docs, texts)]}, {})
     _prune()
 
 
