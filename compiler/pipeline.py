@@ -323,7 +323,6 @@ def models_definitions(models: Sequence[str], opts: CompileOptions,
             done.append(MISSING)            # raised again below, in its turn
     todo = [i for i, md in enumerate(done) if md is MISSING]
     if len(todo) > 1:
-        _load_shared(opts, run)
         for i, md in zip(todo, map_forked([models[i] for i in todo], work, jobs)):
             done[i] = md
     out = []
@@ -336,18 +335,6 @@ def models_definitions(models: Sequence[str], opts: CompileOptions,
                                                     spec_paths(o.specs, o.specs_dir), md.servings, run))
         out.append(md)
     return out
-
-
-def _load_shared(opts: CompileOptions, run: CompileRun) -> None:
-    """Load what every model uses — the model facts, the specs, every template compiled — once,
-    before the models are shared out among workers, which then have it already.  A problem found
-    here is left for the model that meets it to report."""
-    try:
-        load_facts(opts.specs_dir)
-        run.specs(spec_paths(opts.specs, opts.specs_dir))
-    except DefcError:
-        pass
-    run.renderer(template_dirs(list(opts.template_dirs))).load_all()
 
 
 def compile_models(models: Sequence[str], opts: CompileOptions) -> List[CompileResult]:

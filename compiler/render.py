@@ -185,17 +185,6 @@ class Renderer:
         except Exception as e:  # every Jinja failure becomes one located line
             raise _template_error(e, name, self.dirs) from None
 
-    def load_all(self) -> None:
-        """Load every template now (e.g. before work is shared out among forked workers); one
-        that fails to load is left for the render that needs it to report."""
-        env = environment(self.dirs)
-        for name in env.list_templates(filter_func=lambda n: n.endswith(".j2")):
-            if name not in self._templates:
-                try:
-                    self._templates[name] = env.get_template(name)
-                except Exception:
-                    pass
-
     def reference(self, inst: Instance) -> str:
         ctx = reference_context(inst)
         try:

@@ -3,8 +3,7 @@
 ``map_forked(items, work, jobs)`` calls ``work(item)`` for every item and returns the results in
 the items' order.  With ``jobs > 1`` (Linux, where ``fork`` is cheap and safe for this
 single-threaded program), ``jobs - 1`` child processes and this one take items one at a time
-from a shared queue; the children send their results back pickled through a pipe.  Whatever the
-parent loaded before (parsed specs, compiled templates) the children have without loading it.
+from a shared queue; the children send their results back pickled through a pipe.
 
 A worker never decides an outcome on its own: an item whose worker raised, crashed or sent
 something unreadable is left as missing (``MISSING``) for the caller to work out in this process —
