@@ -144,3 +144,26 @@ def test_one_compile_renders_a_reference_once(tmp_path, monkeypatch):
     assert same and len(refs) <= len(again.docs) - len(same)   # a reference made before was not
     alone = P.model_definitions(P.CompileOptions(**{**opts.__dict__, "model": "llama-3.1-405b"}))
     assert alone.docs == again.docs and first.docs      # the shared sources are what a fresh run renders
+
+
+@pytest.mark.parametrize("doc", [
+    {}, {"a": []}, {"a": {}}, {"é": "ü → ∞", "q": "\"\\\n\t\x01"}, {"n": [1, -2, 3.5, 1e-07, 1e300, True, False, None]},
+    {"deep": [[[]], [{}], [{"x": [1]}]]}, {"nan": float("nan")}, {"inf": [float("-inf")]}, {1: "int key"},
+    {"t": (1, 2)}, {"big": 2 ** 80}, {"b": True, "i": 1},
+])
+def test_definition_text_is_exactly_json_dumps(doc):
+    import json
+    from compiler.write import dumps
+    assert dumps(doc) == json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def test_definition_texts_of_the_whole_catalogue_are_exactly_json_dumps(tmp_path):
+    import json
+    from compiler.models import catalogue_slugs
+    from compiler.write import dumps
+    mds = P.models_definitions(catalogue_slugs(), P.CompileOptions(quantization=["all"], out=str(tmp_path)))
+    docs = [doc for md in mds for doc, _ in md.docs]
+    assert len(docs) > 1000
+    for doc in docs:
+        assert dumps(doc) == json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    assert all(md.texts == [dumps(d) for d, _ in md.docs] for md in mds)
