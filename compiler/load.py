@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -180,6 +179,7 @@ def cache_put(key: str, data: Any, positions: Dict[Path, Tuple[int, int]]) -> No
     if not base:
         return
     try:
+        import tempfile
         os.makedirs(base, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=base)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -315,12 +315,13 @@ def models_definitions(models: Sequence[str], opts: CompileOptions,
     def work(slug):
         return model_definitions(replace(opts, model=slug), run)
 
-    done: List[Any] = []
-    for slug in models:
-        try:
-            done.append(model_definitions(replace(opts, model=slug), run, cached_only=True) or MISSING)
-        except DefcError:
-            done.append(MISSING)            # raised again below, in its turn
+    done: List[Any] = [MISSING] * len(models)
+    if result_cache.enabled():
+        for i, slug in enumerate(models):
+            try:
+                done[i] = model_definitions(replace(opts, model=slug), run, cached_only=True) or MISSING
+            except DefcError:
+                pass                        # raised again below, in its turn
     todo = [i for i, md in enumerate(done) if md is MISSING]
     if len(todo) > 1:
         for i, md in zip(todo, map_forked([models[i] for i in todo], work, jobs)):

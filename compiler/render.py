@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import traceback
 from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -107,6 +106,7 @@ def template_file(name: str, dirs: Tuple[str, ...]) -> str:
 def _template_error(e: Exception, name: str, dirs: Tuple[str, ...]) -> DefcError:
     """One located line for a Jinja failure; a top-level template that is missing has no location
     (the caller knows which spec field named it)."""
+    import traceback
     from jinja2 import TemplateNotFound, TemplateSyntaxError, UndefinedError
     from jinja2.exceptions import SecurityError
     # find the template frame for the line number

@@ -22,7 +22,6 @@ shape is a miss.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import sys
@@ -61,6 +60,7 @@ def _tree_digest(h, root: str) -> None:
 
 
 def _library_files() -> List[str]:
+    import importlib.util
     out = []
     for mod in ("jinja2", "markupsafe"):
         spec = importlib.util.find_spec(mod)

@@ -5,7 +5,6 @@ import argparse
 import importlib
 import os
 import sys
-import traceback
 
 from . import __version__
 
@@ -34,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _print_traceback() -> None:
+    import traceback        # only for --debug: not loaded at every start-up
+    traceback.print_exc()
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("DEFC_DEBUG") == "1"
@@ -47,13 +51,13 @@ def main(argv=None) -> int:
         return int(args.func(args) or 0)
     except DefcErrors as e:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         for err in e.errors:
             print(f"defc: {err}", file=sys.stderr)
         return 2
     except DefcError as e:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         print(f"defc: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -63,7 +67,7 @@ def main(argv=None) -> int:
         return 0
     except Exception as e:  # a bug in defc: one line unless --debug
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         print(f"defc: internal error: {type(e).__name__}: {e} (run with --debug for a traceback)", file=sys.stderr)
         return 3
 
