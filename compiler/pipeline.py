@@ -184,13 +184,15 @@ class ModelDefinitions:
     docs: List[Tuple[Dict[str, Any], List[str]]]     # (definition, serving configs it comes from)
     instances: Optional[Mapping]                     # name -> [Instance]; None when it came from a worker
     cached: bool = False                             # docs came from the result cache
-    texts: Optional[List[str]] = None                # each doc as its file (write.dumps)
+    texts: Optional[List[str]] = None                # each doc as its file (write.dumps), if made
 
     def __getstate__(self):
         """Sent from a compile worker as file texts, without its instances (specs and symbol
         tables stay there)."""
         state = dict(self.__dict__)
         state["instances"] = None
+        if state["texts"] is None:
+            state["texts"] = [dumps(doc) for doc, _ in self.docs]
         state["docs"] = [sources for _, sources in self.docs]
         return state
 
@@ -272,10 +274,11 @@ def model_definitions(opts: CompileOptions, run: Optional[CompileRun] = None,
                     doc["tags"].append(t)
         _check_file_names(doc, insts[0])
         docs.append((doc, sorted({i.serving.label() for i in insts})))
-    texts = [dumps(doc) for doc, _ in docs]
+    texts = None        # the files' texts: made here for the cache, else when they are needed
     # stored only if no spec or template changed while it was made (the key was worked out first)
     if cache_key is not None and result_cache.inputs_digest(paths, facts_file) == inputs \
             and result_cache.toolchain_digest(dirs) == toolchain:
+        texts = [dumps(doc) for doc, _ in docs]
         result_cache.put(cache_key, docs, texts)
     return ModelDefinitions(model, servings, notes, docs, by_name, texts=texts)
 

@@ -161,9 +161,11 @@ def test_definition_texts_of_the_whole_catalogue_are_exactly_json_dumps(tmp_path
     import json
     from compiler.models import catalogue_slugs
     from compiler.write import dumps
-    mds = P.models_definitions(catalogue_slugs(), P.CompileOptions(quantization=["all"], out=str(tmp_path)))
+    mds = P.models_definitions(catalogue_slugs(), P.CompileOptions(quantization=["all"], out=str(tmp_path)), jobs=2)
     docs = [doc for md in mds for doc, _ in md.docs]
     assert len(docs) > 1000
     for doc in docs:
         assert dumps(doc) == json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-    assert all(md.texts == [dumps(d) for d, _ in md.docs] for md in mds)
+    # texts made by a worker (or for the result cache) are the same texts
+    assert all(md.texts is None or md.texts == [dumps(d) for d, _ in md.docs] for md in mds)
+    assert any(md.texts is not None for md in mds) == can_fork()
