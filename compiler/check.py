@@ -47,6 +47,8 @@ class Spec:
     family: str
     definitions: List[dict]
     formulas: Dict[Tuple, F.Formula] = field(default_factory=dict)
+    # evaluate's per-definition plans, made when first needed (a spec is loaded once per process)
+    plans: Dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def data(self) -> dict:

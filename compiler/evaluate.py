@@ -175,8 +175,8 @@ class Evaluator:
         except F.FormulaError as e:
             raise DefcError(f"'{f.source}': {e} ({ctx})", *self._where(spec, path)) from None
 
-    def _truth(self, spec, path, text, env, ctx) -> bool:
-        f = self._formula(spec, path, text)
+    def _truth(self, spec, path, text, env, ctx, f: Optional[F.Formula] = None) -> bool:
+        f = f or self._formula(spec, path, text)
         try:
             return F.truth(f, env)
         except F.UndefinedSymbol as e:
@@ -185,8 +185,8 @@ class Evaluator:
         except F.FormulaError as e:
             raise DefcError(f"'{f.source}': {e} ({ctx})", *self._where(spec, path)) from None
 
-    def _value(self, spec, path, text, env, ctx):
-        f = self._formula(spec, path, text)
+    def _value(self, spec, path, text, env, ctx, f: Optional[F.Formula] = None):
+        f = f or self._formula(spec, path, text)
         try:
             return f.evaluate(env)
         except F.UndefinedSymbol as e:
@@ -195,8 +195,8 @@ class Evaluator:
         except F.FormulaError as e:
             raise DefcError(f"'{f.source}': {e} ({ctx})", *self._where(spec, path)) from None
 
-    def _axis(self, spec, path, text, env, ctx, axis) -> int:
-        f = self._formula(spec, path, text)
+    def _axis(self, spec, path, text, env, ctx, axis, f: Optional[F.Formula] = None) -> int:
+        f = f or self._formula(spec, path, text)
         try:
             return F.positive_int(f, env)
         except F.UndefinedSymbol as e:
@@ -261,83 +261,123 @@ class Evaluator:
 
     def _instance(self, spec: Spec, i: int, d: dict, env: Dict[str, Any], serving: Serving, quant: str,
                   ctx: str) -> Instance:
-        base = ("definitions", i)
+        plan = spec.plans.get(i)
+        if plan is None:
+            plan = spec.plans[i] = _DefinitionPlan(spec, i, d, self._formula)
         axes: Dict[str, dict] = {}
-        for name, a in d["axes"].items():
-            p = base + ("axes", name)
-            if "when" in a and not self._truth(spec, p + ("when",), a["when"], env, ctx):
+        for name, when, when_path, kind, value, value_path, desc, desc_path in plan.axes:
+            if when is not None and not self._truth(spec, when_path, None, env, ctx, when):
                 continue
-            kind = a.get("type") or ("const" if "value" in a else "var")
             entry: Dict[str, Any] = {"type": kind}
-            if kind == "const":
-                entry["value"] = self._axis(spec, p + ("value",), a["value"], env, ctx, name)
-                env[name] = entry["value"]
-            if a.get("description"):
-                entry["description"] = substitute(a["description"], env, spec, p + ("description",))
+            if value is not None:
+                entry["value"] = env[name] = self._axis(spec, value_path, None, env, ctx, name, value)
+            if desc is not None:
+                entry["description"] = substitute(desc, env, spec, desc_path) if desc_path else desc
             axes[name] = entry
-        tensors = {}
-        for sect in ("inputs", "outputs"):
-            tensors[sect] = {}
-            for name, t in (d.get(sect) or {}).items():
-                p = base + (sect, name)
-                if "when" in t and not self._truth(spec, p + ("when",), t["when"], env, ctx):
-                    continue
-                shape = t.get("shape")
-                if shape is not None:
+        tensors: Dict[str, Dict[str, dict]] = {"inputs": {}, "outputs": {}}
+        for sect, name, p, when, shape, shape_subst, dtype, dtype_subst, optional, desc, desc_subst in plan.tensors:
+            if when is not None and not self._truth(spec, p + ("when",), None, env, ctx, when):
+                continue
+            if shape is not None:
+                if shape_subst:
                     # an entry may be a {placeholder} that names an axis (e.g. one chosen by a let)
                     shape = [substitute(ax, env, spec, p + ("shape", j)) if PLACEHOLDER.search(ax) else ax
                              for j, ax in enumerate(shape)]
-                    for j, ax in enumerate(shape):
-                        if ax not in axes:
-                            raise DefcError(f"{sect[:-1]} '{name}' uses axis '{ax}', which is not present for {ctx}",
-                                            *self._where(spec, p + ("shape", j)))
-                dtype = substitute(t["dtype"], env, spec, p + ("dtype",))
+                for j, ax in enumerate(shape):
+                    if ax not in axes:
+                        raise DefcError(f"{sect[:-1]} '{name}' uses axis '{ax}', which is not present for {ctx}",
+                                        *self._where(spec, p + ("shape", j)))
+            if dtype_subst:
+                dtype = substitute(dtype, env, spec, p + ("dtype",))
                 if dtype not in DTYPES:
                     raise DefcError(f"dtype '{dtype}' of {sect[:-1]} '{name}' is not one of {', '.join(DTYPES)}",
                                     *self._where(spec, p + ("dtype",)))
-                entry = {"shape": list(shape) if shape is not None else None, "dtype": dtype}
-                if t.get("optional"):
-                    entry["optional"] = True
-                if t.get("description"):
-                    entry["description"] = substitute(t["description"], env, spec, p + ("description",))
-                tensors[sect][name] = entry
-        constraints = []
-        for j, c in enumerate(d.get("constraints") or []):
-            p = base + ("constraints", j)
-            if isinstance(c, dict):
-                if "when" in c and not self._truth(spec, p + ("when",), c["when"], env, ctx):
-                    continue
-                c = c["expr"]
-            constraints.append(substitute(c, env, spec, p))
-        tags = []
-        for j, t in enumerate(d.get("tags") or []):
-            p = base + ("tags", j)
-            if isinstance(t, dict):
-                if "when" in t and not self._truth(spec, p + ("when",), t["when"], env, ctx):
-                    continue
-                t = t["tag"]
-            tag = substitute(t, env, spec, p)
+            entry = {"shape": list(shape) if shape is not None else None, "dtype": dtype}
+            if optional:
+                entry["optional"] = True
+            if desc is not None:
+                entry["description"] = substitute(desc, env, spec, p + ("description",)) if desc_subst else desc
+            tensors[sect][name] = entry
+        constraints = [substitute(text, env, spec, p) if subst else text
+                       for p, when, text, subst in plan.constraints
+                       if when is None or self._truth(spec, p + ("when",), None, env, ctx, when)]
+        tags: List[str] = []
+        for p, when, text, subst in plan.tags:
+            if when is not None and not self._truth(spec, p + ("when",), None, env, ctx, when):
+                continue
+            tag = substitute(text, env, spec, p) if subst else text
             if tag not in tags:
                 tags.append(tag)
-        params = {}
-        ref = d["reference"]
-        for k, v in (ref.get("params") or {}).items():
-            val = self._value(spec, base + ("reference", "params", k), v, env, ctx)
-            params[k] = F.to_python(val)
+        params = {k: F.to_python(self._value(spec, path, None, env, ctx, f)) for k, path, f in plan.params}
+        base = plan.base
         name = substitute(d["name"], env, spec, base + ("name",))
-        op_type = d.get("op_type") or spec.data.get("op_type") or spec.family
         desc = substitute(d.get("description", ""), env, spec, base + ("description",))
-        aliases = []
-        for j, al in enumerate(d.get("aliases") or []):
-            p = base + ("aliases", j)
-            aliases.append({"name": substitute(al["name"], env, spec, p + ("name",)),
-                            "op_type": al.get("op_type", op_type), "why": al.get("why", "")})
-        inst = Instance(name=name, op_type=op_type, description=desc, tags=tags, axes=axes,
+        aliases = [{"name": substitute(al["name"], env, spec, base + ("aliases", j, "name")),
+                    "op_type": al.get("op_type", plan.op_type), "why": al.get("why", "")}
+                   for j, al in enumerate(d.get("aliases") or [])]
+        return Instance(name=name, op_type=plan.op_type, description=desc, tags=tags, axes=axes,
                         constraints=constraints, inputs=tensors["inputs"], outputs=tensors["outputs"],
-                        reference_template=ref["template"], params=params,
-                        template=d.get("template", "definition.json.j2"), spec=spec, def_index=i,
+                        reference_template=plan.reference_template, params=params,
+                        template=plan.template, spec=spec, def_index=i,
                         def_id=d["id"], fi_api=d.get("fi_api"), status=d.get("status", "verified"),
                         serving=serving, quantization=quant, aliases=aliases,
                         trace=d.get("trace") or {}, verify=d.get("verify") or {}, env=env,
                         origins=[f"{self.model} {serving.label()}"])
-        return inst
+
+
+class _DefinitionPlan:
+    """One definition of a spec laid out for evaluation, once per spec: its formulas looked up,
+    the spec paths that errors name worked out, and which texts have placeholders to fill."""
+
+    def __init__(self, spec: Spec, i: int, d: dict, formula):
+        base = self.base = ("definitions", i)
+
+        def cond(item, p):
+            return (formula(spec, p + ("when",), item["when"]), p + ("when",)) if "when" in item else (None, None)
+
+        def has_placeholder(text) -> bool:
+            return "{" in text
+
+        self.axes = []
+        for name, a in d["axes"].items():
+            p = base + ("axes", name)
+            when, when_path = cond(a, p)
+            kind = a.get("type") or ("const" if "value" in a else "var")
+            value = formula(spec, p + ("value",), a["value"]) if kind == "const" else None
+            desc = a.get("description") or None
+            desc_path = p + ("description",) if desc is not None and has_placeholder(desc) else None
+            self.axes.append((name, when, when_path, kind, value, p + ("value",), desc, desc_path))
+        self.tensors = []
+        for sect in ("inputs", "outputs"):
+            for name, t in (d.get(sect) or {}).items():
+                p = base + (sect, name)
+                when = cond(t, p)[0]
+                shape = t.get("shape")
+                dtype = t["dtype"]
+                desc = t.get("description") or None
+                self.tensors.append((sect, name, p, when, shape,
+                                     shape is not None and any(PLACEHOLDER.search(ax) for ax in shape),
+                                     dtype, has_placeholder(dtype) or dtype not in DTYPES, bool(t.get("optional")),
+                                     desc, desc is not None and has_placeholder(desc)))
+        self.constraints = self._texts(spec, d.get("constraints") or [], base + ("constraints",), "expr", cond)
+        self.tags = self._texts(spec, d.get("tags") or [], base + ("tags",), "tag", cond)
+        ref = d["reference"]
+        self.params = [(k, base + ("reference", "params", k), formula(spec, base + ("reference", "params", k), v))
+                       for k, v in (ref.get("params") or {}).items()]
+        self.reference_template = ref["template"]
+        self.template = d.get("template", "definition.json.j2")
+        self.op_type = d.get("op_type") or spec.data.get("op_type") or spec.family
+
+    @staticmethod
+    def _texts(spec, items, base, key, cond):
+        """(path, when formula or None, text, has placeholders) for a list of strings or
+        ``{key: text, when: ...}`` entries."""
+        out = []
+        for j, item in enumerate(items):
+            p = base + (j,)
+            when = None
+            if isinstance(item, dict):
+                when = cond(item, p)[0]
+                item = item[key]
+            out.append((p, when, item, "{" in item))
+        return out
