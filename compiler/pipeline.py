@@ -206,7 +206,7 @@ class ModelDefinitions:
 class CompileRun:
     """What the models of one compile share: the digests of the toolchain and specs for the
     result cache (worked out once per run), the specs (loaded once), and a Renderer per template
-    folder list (templates loaded once, shared reference sources rendered once)."""
+    folder list (templates loaded once)."""
 
     def __init__(self):
         self._digests: Dict[Tuple, str] = {}

@@ -167,14 +167,12 @@ def _template_location(inst: Instance, dirs: Tuple[str, ...]) -> Location:
 
 class Renderer:
     """Renders instances for one compile: each template is loaded (and checked against its file)
-    once, and a reference source is rendered once per template and context — models that share
-    a kernel shape share its reference.  Make a new one for each compile: a template edited in
-    between is then seen."""
+    once, not at every render.  Make a new one for each compile: a template edited in between is
+    then seen."""
 
     def __init__(self, dirs: Tuple[str, ...]):
         self.dirs = dirs
         self._templates: Dict[str, Any] = {}
-        self._references: Dict[str, str] = {}
 
     def template_text(self, name: str, context: Dict[str, Any]) -> str:
         template = self._templates.get(name)
@@ -186,20 +184,10 @@ class Renderer:
             raise _template_error(e, name, self.dirs) from None
 
     def reference(self, inst: Instance) -> str:
-        ctx = reference_context(inst)
         try:
-            key = json.dumps([inst.reference_template, ctx], sort_keys=True)
-        except (TypeError, ValueError):
-            key = None
-        text = self._references.get(key) if key is not None else None
-        if text is None:
-            try:
-                text = self.template_text(inst.reference_template, ctx)
-            except DefcError as e:
-                raise _named_by_spec(e, inst, ("reference", "template")) from None
-            if key is not None:
-                self._references[key] = text
-        return text
+            return self.template_text(inst.reference_template, reference_context(inst))
+        except DefcError as e:
+            raise _named_by_spec(e, inst, ("reference", "template")) from None
 
     def render(self, inst: Instance, models: List[str]) -> Dict[str, Any]:
         """An instance's Definition dict."""

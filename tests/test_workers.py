@@ -5,7 +5,8 @@
 * a multi-model compile with workers makes exactly the definitions of one without, raises the
   same error for a bad model, and still gives each model's instances;
 * one compile loads each template once, yet a template edited between two compiles of one
-  process is seen.
+  process is seen;
+* definition texts are byte for byte what json.dumps(indent=2) writes.
 """
 import os
 import shutil
@@ -124,26 +125,30 @@ def test_a_template_edited_between_two_compiles_is_seen(tmp_path):
     assert [d["description"] + " (edited)" for d, _ in before] == [d["description"] for d, _ in after]
 
 
-def test_one_compile_renders_a_reference_once(tmp_path, monkeypatch):
-    run = P.CompileRun()
-    opts = P.CompileOptions(model="llama-3.1-8b", out=str(tmp_path / "o"))
-    first = P.model_definitions(opts, run)
-    renderer = run.renderer(P.template_dirs([]))
-    rendered = []
-    real = renderer.template_text
+def test_one_compile_loads_each_template_once(tmp_path, monkeypatch):
+    from compiler import render as R
+    loaded = []
+    real = R.environment
 
-    def spy(name, context):
-        rendered.append(name)
-        return real(name, context)
-    monkeypatch.setattr(renderer, "template_text", spy)
-    again = P.model_definitions(P.CompileOptions(**{**opts.__dict__, "model": "llama-3.1-405b"}), run)
-    refs = [n for n in rendered if n.startswith("reference/")]
-    ref1 = {d["name"]: d["reference"] for d, _ in first.docs}
-    same = [d["name"] for d, _ in again.docs if ref1.get(d["name"]) == d["reference"]]
-    assert len(rendered) - len(refs) == len(again.docs)    # each definition page rendered
-    assert same and len(refs) <= len(again.docs) - len(same)   # a reference made before was not
-    alone = P.model_definitions(P.CompileOptions(**{**opts.__dict__, "model": "llama-3.1-405b"}))
-    assert alone.docs == again.docs and first.docs      # the shared sources are what a fresh run renders
+    wrapped = set()
+
+    def spy(dirs):
+        env = real(dirs)
+        if id(env) in wrapped:
+            return env
+        wrapped.add(id(env))
+        real_get = env.get_template
+
+        def get(name, parent=None, globals=None):
+            if parent is None:                  # a page, not an {% include %} inside one
+                loaded.append(name)
+            return real_get(name, parent, globals)
+        monkeypatch.setattr(env, "get_template", get)
+        return env
+    monkeypatch.setattr(R, "environment", spy)
+    mds = P.models_definitions(MODELS[:2], P.CompileOptions(out=str(tmp_path / "o")), jobs=1)
+    assert sum(len(md.docs) for md in mds) > 2 * len(set(loaded))
+    assert len(loaded) == len(set(loaded))                  # no template looked up twice
 
 
 @pytest.mark.parametrize("doc", [
