@@ -514,7 +514,7 @@ def _notes() -> str:
 | `json.dumps(indent=2)` (pure Python in the standard library), ~70 µs per definition | a direct writer for JSON's own types (byte-identical, tested on every catalogue definition; anything else goes to json.dumps), ~2× faster; the result cache keeps file texts, so a warm compile serialises only merged files |
 | Jinja's HTML-safe `tojson` (escapes `<>&'`, then parsed back) | a plain `json.dumps` filter: the same values after parsing |
 | Python's cycle collector running every few hundred allocations during evaluation (~10% of it) | paused while models are evaluated and rendered (nothing to collect) |
-| start-up imports of `traceback`, `tempfile`, `importlib.util`; setuptools' editable-install import hook (pathlib, ~15 ms) | imported only when needed; scripts/setup.sh installs the editable package as a plain path entry |
+| start-up imports of `traceback`, `tempfile`, `importlib.util` | imported only when needed |
 
 Tried and dropped (measured no gain on this machine): memoising rendered reference sources per
 context (430 of 1193 renders saved, but keying costs as much — tried twice); reusing a
@@ -522,7 +522,11 @@ definition's instances at a serving config where every name it reads is unchange
 2417 instances qualify: most definitions read `tp`/`ep`); loading specs and templates before
 forking (each worker loading them itself, in parallel, is as fast); workers streaming each model
 back as it is done instead of all at the end; two threads creating the temp files; O_TMPFILE +
-linkat instead of temp + rename.
+linkat instead of temp + rename.  Left out on purpose: Jinja's bytecode cache (compiled templates
+kept on disk, ~30 ms less per process), because it loads pickled and marshalled code from the
+cache folder, which otherwise holds only data; setuptools' "compat" editable install (a plain
+path entry instead of an import hook that loads pathlib, ~15 ms per start), which setuptools
+announces it will remove.
 
 Without the result cache a catalogue run spends roughly: start-up and imports 0.07 s; in each of
 the two processes, Jinja import, specs and templates 0.06 s and then its share of evaluating (about

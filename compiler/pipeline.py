@@ -231,19 +231,12 @@ class CompileRun:
         return self._digests[what]
 
 
-def _evaluator(opts: CompileOptions, model: ModelInfo, facts, paths: List[str], servings: List[Serving],
-               run: "CompileRun"):
+def _evaluator(opts: CompileOptions, model: ModelInfo, servings: List[Serving], run: "CompileRun"):
+    """A model's evaluation, to run when (if ever) its instances are needed: not at all for a
+    model whose definitions came from the result cache or from a worker, unless asked for."""
     def evaluate():
-        return evaluate_model(opts, model, facts, run.specs(paths), servings)
-    return evaluate
-
-
-def _evaluator_later(opts: CompileOptions, md: "ModelDefinitions", run: "CompileRun"):
-    """An evaluator for a model whose definitions a worker made: what it needs is looked up
-    when (if ever) its instances are asked for."""
-    def evaluate():
-        return evaluate_model(opts, md.model, load_facts(opts.specs_dir),
-                              run.specs(spec_paths(opts.specs, opts.specs_dir)), md.servings)
+        return evaluate_model(opts, model, load_facts(opts.specs_dir),
+                              run.specs(spec_paths(opts.specs, opts.specs_dir)), servings)
     return evaluate
 
 
@@ -259,7 +252,7 @@ def model_definitions(opts: CompileOptions, run: Optional[CompileRun] = None,
     servings, notes = servings_for(model, opts, facts)
     dirs = template_dirs(list(opts.template_dirs))
 
-    evaluate = _evaluator(opts, model, facts, paths, servings, run)
+    evaluate = _evaluator(opts, model, servings, run)
     cache_key = None
     if result_cache.enabled():
         facts_file = os.path.join(os.path.abspath(opts.specs_dir), MODEL_FACTS)
@@ -364,7 +357,7 @@ def _models_definitions(models: Sequence[str], opts: CompileOptions, jobs: Optio
         if md is MISSING:
             md = work(slug)
         elif md.instances is None:
-            md.instances = LazyInstances(_evaluator_later(replace(opts, model=slug), md, run))
+            md.instances = LazyInstances(_evaluator(replace(opts, model=slug), md.model, md.servings, run))
         out.append(md)
     return out
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .check import field_name
 from .errors import DefcError, Location
 from .evaluate import Instance
-from .load import cache_dir, display_path
+from .load import display_path
 from .paths import TEMPLATES_DIR
 
 KEY_ORDER = ("name", "description", "op_type", "tags", "axes", "constraints", "inputs", "outputs", "reference")
@@ -45,21 +45,6 @@ def _tojson(value: Any, indent: Optional[int] = None) -> str:
     return json.dumps(value, ensure_ascii=False, indent=indent)
 
 
-def _bytecode_cache():
-    """Compiled templates kept in the cache folder (Jinja checks each against its source), so a
-    fresh process does not compile every template again; None when caching is off."""
-    folder = cache_dir()
-    if folder is None:
-        return None
-    from jinja2 import FileSystemBytecodeCache
-    folder = os.path.join(folder, "jinja")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError:
-        return None
-    return FileSystemBytecodeCache(folder)
-
-
 @lru_cache(maxsize=8)
 def environment(dirs: Tuple[str, ...]):
     from jinja2 import FileSystemLoader, StrictUndefined
@@ -83,8 +68,7 @@ def environment(dirs: Tuple[str, ...]):
             return super().call_binop(context, operator, left, right)
 
     env = BoundedSandbox(loader=FileSystemLoader(list(dirs)), undefined=StrictUndefined,
-                         autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
-                         bytecode_cache=_bytecode_cache())
+                         autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["tojson"] = _tojson
     env.filters["py"] = _pyrepr
     return env

@@ -2,10 +2,10 @@
 
 Evaluating and rendering a model is the bulk of a compile that has nothing new to say: the same
 specs, model config, serving configs, templates and compiler give the same definitions.  After
-a model is rendered, its definitions (as the JSON texts of their files, never code) are stored in the parse cache
-folder (``DEFC_CACHE_DIR``, default ``~/.cache/defc``; ``DEFC_NO_CACHE=1`` turns every cache off,
-``DEFC_NO_RESULT_CACHE=1`` this one)
-under a key that is the sha256 of
+a model is rendered, its definitions (the JSON texts of their files: data, never code) are
+stored in the parse cache folder (``DEFC_CACHE_DIR``, default ``~/.cache/defc``;
+``DEFC_NO_CACHE=1`` turns every cache off, ``DEFC_NO_RESULT_CACHE=1`` this one) under a key that
+is the sha256 of
 
 * the text of every file of the compiler package (its code, schemas and data) and of every file
   in the template folders, and the versions of Python, Jinja and MarkupSafe;

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv with defc installed (editable, as a plain path entry: no import hook to load at
-# every start-up).  `--oracle` adds torch (CPU), FlashInfer and
+# Create .venv with defc installed (editable).  `--oracle` adds torch (CPU), FlashInfer and
 # flashinfer-bench, which the tests and `defc validate/verify/trace --backend replay` use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +11,7 @@ fi
 if [ "${1:-}" = "--oracle" ]; then
   # torch first, pinned to the CPU wheel: a bare `torch` would pull a multi-GB CUDA build
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[oracle,test]" --config-settings editable_mode=compat
+  .venv/bin/python -m pip install -q -e ".[oracle,test]"
 else
-  .venv/bin/python -m pip install -q -e . --config-settings editable_mode=compat
+  .venv/bin/python -m pip install -q -e .
 fi
