@@ -21,9 +21,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .errors import DefcError, DefcErrors, Location
+from .errors import DefcError, DefcErrors
 from .load import display_path
-from .paths import DEFAULT_OUT, SPECS_DIR
+from .paths import SPECS_DIR
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 BUNDLED_APIS = os.path.join(DATA_DIR, "fi_trace_apis.json")
@@ -473,8 +473,8 @@ def gap_issue(g: Gap, reg: TraceRegistry) -> Tuple[str, str]:
                   f"op_type `{example.op_type}`, axes (const values included), inputs and outputs as the hand-written file",
                   "every emitted dtype is concrete (no `unknown`) and no name is both an input and an output",
                   "the reference defines a top-level `run(...)` and `flashinfer_bench.data.Definition` accepts the output",
-                  f"`defc diff` against the hand-written definitions reports no structural difference",
-                  f"afterwards `defc coverage` lists these definitions as `trace` instead of `compile`"]
+                  "`defc diff` against the hand-written definitions reports no structural difference",
+                  "afterwards `defc coverage` lists these definitions as `trace` instead of `compile`"]
     elif g.kind == "unknown-api":
         title = f"`{g.fi_api}` is named by spec {g.spec} but not found in FlashInfer"
         need = (f"The spec's `fi_api` `{g.fi_api}` is neither a traced API nor a known public FlashInfer callable "

@@ -28,7 +28,7 @@ from . import formula as F
 from .check import PLACEHOLDER, field_name, schema_errors, spec_problems
 from .errors import DefcError, DefcErrors, Location
 from .load import Located, display_path, load_yaml
-from .paths import MODEL_FACTS, SPECS_DIR, TEMPLATES_DIR
+from .paths import MODEL_FACTS, SPECS_DIR
 
 SERVING_SYMBOLS = ("tp", "ep", "dp", "attn_dp", "dp_attention")
 ALWAYS_KNOWN = ("label", "model", "quantization")

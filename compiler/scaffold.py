@@ -407,7 +407,7 @@ def _reference_text(name: str, label: str, api: str, tmpl, inputs: Dict[str, dic
         for i, d in enumerate(t["shape"] or []):
             if d in consts:
                 lines.append(f"    assert {k}.shape[{i}] == {d.upper()}")
-    lines.append(f"    raise NotImplementedError(\"the reference of {{{{ name }}}} is not written yet\")")
+    lines.append("    raise NotImplementedError(\"the reference of {{ name }} is not written yet\")")
     return "\n".join(lines) + "\n"
 
 

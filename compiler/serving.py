@@ -161,7 +161,7 @@ def write_snapshot(rows: Sequence[CookbookRow], source: str, path: str = SNAPSHO
         models.setdefault(r.model_path, []).append(
             {"version": r.version, "hardware": r.hardware, "name": r.name, "tp": r.tp, "ep": r.ep, "dp": r.dp,
              "dp_attention": r.dp_attention, "quantization": r.quantization})
-    lines = ["{", f'  "generated_by": "defc cookbook-snapshot",', f"  \"source\": {json.dumps(source)},", '  "models": {']
+    lines = ["{", '  "generated_by": "defc cookbook-snapshot",', f"  \"source\": {json.dumps(source)},", '  "models": {']
     keys = sorted(models)
     for i, k in enumerate(keys):
         lines.append(f"    {json.dumps(k)}: [")

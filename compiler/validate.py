@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ast
 import datetime
-import glob
 import json
 import os
 import random

@@ -1,9 +1,10 @@
 """Forked workers: a list of independent jobs spread over the machine's cores.
 
 ``map_forked(items, work, jobs)`` calls ``work(item)`` for every item and returns the results in
-the items' order.  With ``jobs > 1`` (Linux, where ``fork`` is cheap and safe for this
-single-threaded program), ``jobs - 1`` child processes and this one take items one at a time
-from a shared queue; the children send their results back pickled through a pipe.
+the items' order.  With ``jobs > 1`` — on Linux, where ``fork`` is cheap, and only while this
+process has a single thread, so that no lock can be left held in a child — ``jobs - 1`` child
+processes and this one take items one at a time from a shared queue; the children send their
+results back pickled through a pipe.
 
 A worker never decides an outcome on its own: an item whose worker raised, crashed or sent
 something unreadable is left as missing (``MISSING``) for the caller to work out in this process —
@@ -52,7 +53,14 @@ def default_jobs(n_items: int) -> int:
 
 
 def can_fork() -> bool:
-    return sys.platform.startswith("linux") and hasattr(os, "fork")
+    """Linux, and this process has one thread: forking a process whose other threads (e.g. a
+    library's thread pool after torch is imported) may hold locks can leave the child stuck."""
+    if not (sys.platform.startswith("linux") and hasattr(os, "fork")):
+        return False
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
 
 
 def map_forked(items: Sequence[Any], work: Callable[[Any], Any], jobs: Optional[int] = None) -> List[Any]:

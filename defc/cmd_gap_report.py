@@ -1,8 +1,6 @@
 """``defc gap-report``: follow-up issue bodies for predicted definitions FlashInfer cannot trace."""
 from __future__ import annotations
 
-import sys
-
 
 def register(sub) -> None:
     from defc.cmd_coverage import add_common

@@ -19,7 +19,6 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from compiler.errors import DefcError
 from compiler.paths import PROJECT_ROOT
 
 from .common import LOG, REQUEST

@@ -5,7 +5,6 @@ torch and FlashInfer's template references, agreement with the dumper (h = gated
 quantize: NVFP4/MXFP4 definitions gated by the quantization variant, dequantize(quantize(x)) ~ x
 within FP4 error, exact rounding rules, and the documented differences from FlashInfer's template
 and dumper (packed uint8 -> float4_e2m1 x2, linear scales, UE8M0 scales rounded up)."""
-import math
 
 import pytest
 import torch

@@ -251,7 +251,7 @@ def test_ragged_reference(compiled):
 def test_sliding_window_and_sinks(compiled):
     oss = compiled("gpt-oss-20b")
     gen = torch.Generator().manual_seed(5)
-    kv_lens, qo_lens = [200, 7], [3, 7]
+    kv_lens = [200, 7]              # with 3 and 7 queries (qo_indptr)
     k_cache, v_cache, indptr, indices, last, dense = paged_cache(kv_lens, 64, 8, 64, gen)
     qo_indptr = torch.tensor([0, 3, 10], dtype=torch.int32)
     q = torch.randn(10, 64, 64, generator=gen).to(torch.bfloat16)

@@ -3,7 +3,6 @@ references against independent torch math (dense per-head attention after decomp
 latent cache) and FlashInfer's own template references, and agreement with FlashInfer's dumper."""
 import json
 import math
-import os
 
 import pytest
 import torch

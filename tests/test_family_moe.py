@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from conftest import compile_defs, load_reference, shared_path
+from conftest import load_reference, shared_path
 from fi_oracle import concrete_shape, const_axes, fi_trace, flashinfer, meta
 
 F8 = torch.float8_e4m3fn

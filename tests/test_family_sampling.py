@@ -1,6 +1,5 @@
 """sampling family: names per model, filtered distributions against FlashInfer's reference filters,
 sample statistics, and agreement with the dumper's definitions."""
-import os
 
 import pytest
 import torch

@@ -1,5 +1,4 @@
 """Tensor shape entries that are {placeholders} naming an axis (docs/spec-format.md, "Names")."""
-import json
 import os
 import shutil
 

@@ -1,26 +1,30 @@
 """Forked compile workers (compiler/workers.py) and what a compile shares between its models.
 
 * ``map_forked`` returns every result in order, whatever the number of processes; an item whose
-  worker raised or died comes back MISSING (never a wrong value), so the caller redoes it;
+  worker raised or died comes back MISSING (never a wrong value), so the caller redoes it; a
+  process with other threads does not fork.  The test process has usually imported torch (which
+  starts a thread), so what needs forking runs in a fresh interpreter (tests/fork_scenarios.py);
 * a multi-model compile with workers makes exactly the definitions of one without, raises the
   same error for a bad model, and still gives each model's instances;
 * one compile loads each template once, yet a template edited between two compiles of one
   process is seen;
 * definition texts are byte for byte what json.dumps(indent=2) writes.
 """
+import json
 import os
 import shutil
-import time
+import subprocess
+import sys
 
 import pytest
 
 from compiler import pipeline as P
-from compiler.errors import DefcError
 from compiler.paths import TEMPLATES_DIR
 from compiler.workers import MISSING, can_fork, default_jobs, map_forked
 
 MODELS = ["llama-3.1-8b", "qwen3-8b", "llama-3.1-70b", "qwen3-235b-a22b", "gpt-oss-20b"]
-needs_fork = pytest.mark.skipif(not can_fork(), reason="forked workers are Linux-only; elsewhere jobs=1 runs")
+SCENARIOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fork_scenarios.py")
+FORKS = sys.platform.startswith("linux") and hasattr(os, "fork")    # a fresh process can fork here
 
 
 @pytest.fixture(autouse=True)
@@ -29,48 +33,48 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DEFC_NO_RESULT_CACHE", "1")
 
 
-def _square(x):
-    time.sleep(0.01)
-    return (os.getpid(), x * x)
+def fresh(scenario, tmp_path, **env):
+    """Run a scenario of tests/fork_scenarios.py in a new, single-threaded interpreter."""
+    e = dict(os.environ, DEFC_CACHE_DIR=str(tmp_path / "cache"), DEFC_NO_RESULT_CACHE="1",
+             SCENARIO_OUT=str(tmp_path / "o"), **env)
+    e.pop("DEFC_JOBS", None)
+    proc = subprocess.run([sys.executable, SCENARIOS, scenario], capture_output=True, text=True, env=e, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["can_fork"] == FORKS          # the scenarios do fork where forking is possible
+    return out
 
 
-@pytest.mark.parametrize("jobs", [1, 2, 3])
-def test_results_in_order_whatever_the_processes(jobs):
-    out = map_forked(list(range(20)), _square, jobs)
-    assert [v for _, v in out] == [x * x for x in range(20)]
-    pids = {p for p, _ in out}
-    if jobs > 1 and can_fork():
-        assert len(pids) > 1 and os.getpid() in pids      # the work was shared
-    else:
-        assert pids == {os.getpid()}
+def test_results_in_order_whatever_the_processes(tmp_path):
+    out = fresh("order", tmp_path)
+    for jobs in ("1", "2", "3"):
+        assert out[jobs]["values"] == [x * x for x in range(20)] and out[jobs]["here"]
+    assert out["1"]["processes"] == 1
+    if FORKS:
+        assert out["2"]["processes"] == 2 and out["3"]["processes"] == 3    # the work was shared
 
 
-@pytest.mark.parametrize("jobs", [1, 3])
-def test_a_failed_item_comes_back_missing(jobs):
+def test_a_failed_item_comes_back_missing(tmp_path):
+    values = fresh("failure", tmp_path)["values"]
+    assert values[5] is None
+    assert all(v is None or v == i + 100 for i, v in enumerate(values))
+
+
+def test_a_failed_item_stops_its_process_and_the_rest_is_left_to_the_caller():
     def work(x):
-        time.sleep(0.005)
         if x == 5:
             raise ValueError("bad item")
         return x + 100
-    out = map_forked(list(range(12)), work, jobs)
-    assert out[5] is MISSING
-    assert all(v is MISSING or v == i + 100 for i, v in enumerate(out))
-    if jobs == 1:       # a process stops at its first failure: the caller redoes the rest in order
-        assert out[:5] == [100, 101, 102, 103, 104] and all(v is MISSING for v in out[5:])
+    out = map_forked(list(range(12)), work, 1)
+    assert out[:5] == [100, 101, 102, 103, 104] and all(v is MISSING for v in out[5:])
 
 
-@needs_fork
-def test_a_worker_that_dies_loses_nothing_but_its_items():
-    parent = os.getpid()
-
-    def work(x):
-        if os.getpid() != parent:
-            os._exit(7)                                     # a crash, not an exception
-        time.sleep(0.05)                                    # the worker gets items meanwhile
-        return -x
-    out = map_forked(list(range(10)), work, 2)
-    assert all(v is MISSING or v == -i for i, v in enumerate(out))
-    assert any(v is MISSING for v in out) and any(v is not MISSING for v in out)
+def test_a_worker_that_dies_loses_nothing_but_its_items(tmp_path):
+    values = fresh("crash", tmp_path)["values"]
+    assert all(v is None or v == -i for i, v in enumerate(values))
+    assert any(v is not None for v in values)
+    if FORKS:
+        assert any(v is None for v in values)        # what the worker took before it died
 
 
 def test_default_jobs(monkeypatch):
@@ -85,16 +89,10 @@ def test_default_jobs(monkeypatch):
 
 
 def test_workers_make_what_one_process_makes(tmp_path):
-    opts = P.CompileOptions(quantization=["all"], out=str(tmp_path / "o"))
-    one = P.models_definitions(MODELS, opts, jobs=1)
-    shared = P.models_definitions(MODELS, opts, jobs=3)
-    assert [m.model.slug for m in shared] == MODELS
-    assert [m.docs for m in shared] == [m.docs for m in one]
-    assert [m.servings for m in shared] == [m.servings for m in one]
-    for a, b in zip(one, shared):       # instances: evaluated again where a worker made the docs
-        assert set(a.instances) == set(b.instances)
-        name = next(iter(a.instances))
-        assert a.instances[name][0].axes == b.instances[name][0].axes
+    out = fresh("same_definitions", tmp_path)
+    assert out["slugs"] == MODELS
+    assert out["docs_same"] and out["servings_same"] and out["instances_same"]
+    assert (out["from_workers"] > 0) == FORKS
 
 
 @pytest.mark.parametrize("where", [1, 3])
@@ -102,14 +100,22 @@ def test_a_bad_model_raises_the_same_error_with_workers(tmp_path, where):
     cfg = tmp_path / "broken" / "config.json"
     cfg.parent.mkdir()
     cfg.write_text('{"model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 2}')
-    models = MODELS[:where] + [str(cfg)] + MODELS[where:]
-    opts = P.CompileOptions(out=str(tmp_path / "o"))
-    errors = []
-    for jobs in (1, 3):
-        with pytest.raises(DefcError) as e:
-            P.models_definitions(models, opts, jobs=jobs)
-        errors.append(str(e.value))
+    errors = fresh("bad_model", tmp_path, SCENARIO_WHERE=str(where), SCENARIO_CONFIG=str(cfg))["errors"]
     assert errors[0] == errors[1] and "model broken" in errors[0] and "does not have" in errors[0]
+
+
+def test_the_catalogue_compiled_with_workers_is_the_catalogue_compiled_without(tmp_path):
+    trees = []
+    for jobs in ("2", "1"):
+        out = tmp_path / f"jobs{jobs}"
+        env = dict(os.environ, DEFC_CACHE_DIR=str(tmp_path / "cache"), DEFC_NO_RESULT_CACHE="1", DEFC_JOBS=jobs)
+        proc = subprocess.run([sys.executable, "-m", "defc.cli", "compile", "--all-models", "--quantization", "all",
+                               "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        trees.append((proc.stdout.replace(str(out), "OUT"),
+                      {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}))
+    assert len(trees[0][1]) > 700
+    assert trees[0] == trees[1]                  # the same report and the same bytes
 
 
 def test_a_template_edited_between_two_compiles_is_seen(tmp_path):
@@ -166,11 +172,32 @@ def test_definition_texts_of_the_whole_catalogue_are_exactly_json_dumps(tmp_path
     import json
     from compiler.models import catalogue_slugs
     from compiler.write import dumps
-    mds = P.models_definitions(catalogue_slugs(), P.CompileOptions(quantization=["all"], out=str(tmp_path)), jobs=2)
+    mds = P.models_definitions(catalogue_slugs(), P.CompileOptions(quantization=["all"], out=str(tmp_path)), jobs=1)
     docs = [doc for md in mds for doc, _ in md.docs]
     assert len(docs) > 1000
     for doc in docs:
         assert dumps(doc) == json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-    # texts made by a worker (or for the result cache) are the same texts
-    assert all(md.texts is None or md.texts == [dumps(d) for d, _ in md.docs] for md in mds)
-    assert any(md.texts is not None for md in mds) == can_fork()
+    assert all(md.texts is None for md in mds)      # no worker, no result cache: made when written
+
+
+def test_texts_kept_for_the_result_cache_are_the_files_texts(tmp_path, monkeypatch):
+    from compiler.write import dumps
+    monkeypatch.delenv("DEFC_NO_RESULT_CACHE")
+    opts = P.CompileOptions(model="deepseek-v3", quantization=["all"], out=str(tmp_path / "o"))
+    made, read = P.model_definitions(opts), P.model_definitions(opts)
+    assert not made.cached and read.cached
+    assert made.texts == read.texts == [dumps(d) for d, _ in made.docs] and read.docs == made.docs
+
+
+def test_no_fork_while_other_threads_run():
+    import threading
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert not can_fork()
+        out = map_forked(list(range(6)), lambda x: (os.getpid(), x * x), 3)   # done here, alone
+        assert [v for _, v in out] == [x * x for x in range(6)] and {p for p, _ in out} == {os.getpid()}
+    finally:
+        stop.set()
+        t.join()
