@@ -18,7 +18,6 @@ at most :data:`MAX_JOBS`, and never more than one per :data:`MIN_ITEMS_PER_JOB` 
 from __future__ import annotations
 
 import os
-import pickle
 import struct
 import sys
 from typing import Any, Callable, List, Optional, Sequence
@@ -80,6 +79,7 @@ def map_forked(items: Sequence[Any], work: Callable[[Any], Any], jobs: Optional[
             except Exception:
                 break                                      # the caller works it out again
         return results
+    import pickle  # noqa: F401  (loaded once, before the workers are forked: _child and _collect use it)
     tasks_r, tasks_w = os.pipe()
     os.write(tasks_w, b"".join(_INDEX.pack(i) for i in range(len(items))))
     os.close(tasks_w)
@@ -144,6 +144,7 @@ def _child(fd: int, tasks: int, items, work) -> None:
     """A worker: take items, then send (index, result) pairs; never returns."""
     code = 0
     try:
+        import pickle
         view = memoryview(pickle.dumps(_take(tasks, items, work), protocol=pickle.HIGHEST_PROTOCOL))
         while len(view):                # a pipe, not a file: the parent reads it
             view = view[os.write(fd, view):]
@@ -162,6 +163,7 @@ def _collect(fd: int) -> list:
             if not chunk:
                 break
             chunks.append(chunk)
+    import pickle
     try:
         done = pickle.loads(b"".join(chunks))
     except Exception:
