@@ -342,34 +342,16 @@ class _Arith:
         if self.kind == "name":
             name = self.args[0]
             return lambda env: _lookup(env, name)
-        if self.kind == "float":
-            # a bare float literal (``eps: [rms_norm_eps, 0.000001]``): the Python float is the value
-            # sympy's Float holds, and every later use converts it as sympy's path would
-            value = self.args[0]
-            slow_float: list = []
-
-            def run_float(env):
-                if _FAST[0]:
-                    return value
-                if not slow_float:
-                    slow_float.append(_sym_evaluator(self.sympy()))
-                return slow_float[0](env)
-            return run_float
+        sympy_value = _lazy_sympy(self)
+        if self.kind == "float" or not (self.risky or self.names):
+            # a bare float literal (``eps: [rms_norm_eps, 0.000001]``: the Python float is the value
+            # sympy's Float holds, and every later use converts it as sympy's path would), or a
+            # constant computed exactly when the formula was parsed
+            value = self.args[0] if self.kind == "float" else self.const
+            return lambda env: value if _FAST[0] else sympy_value(env)
         if self.risky:
             return _sym_evaluator(self.sympy())
-        if not self.names:
-            const = self.const
-            slow_const: list = []
-
-            def run_const(env):
-                if _FAST[0]:
-                    return const
-                if not slow_const:
-                    slow_const.append(_sym_evaluator(self.sympy()))
-                return slow_const[0](env)
-            return run_const
         names = sorted(set(self.names))
-        slow: list = []
         exact_value = self._exact_value
 
         def run(env):
@@ -387,10 +369,20 @@ class _Arith:
                         return exact_value(env)
                     except (_Fallback, ZeroDivisionError, OverflowError, ValueError):
                         pass
-            if not slow:
-                slow.append(_sym_evaluator(self.sympy()))
-            return slow[0](env)
+            return sympy_value(env)
         return run
+
+
+def _lazy_sympy(node: _Arith) -> Callable:
+    """env → the node's value through sympy, its sympy evaluator built on first use (most
+    formulas never need it)."""
+    built: list = []
+
+    def run(env):
+        if not built:
+            built.append(_sym_evaluator(node.sympy()))
+        return built[0](env)
+    return run
 
 
 _NODE_WORDS = {
