@@ -299,18 +299,12 @@ def _known_text(p: Planned, md: ModelDefinitions, k: int) -> None:
 
 
 def compile_model(opts: CompileOptions) -> CompileResult:
-    md = model_definitions(opts)
-    planned = []
-    listing = Listing()
-    for k, (doc, sources) in enumerate(md.docs):
-        p = plan(opts.out, doc, force=opts.force, skip_existing=opts.skip_existing, listing=listing)
-        p.sources = sources
-        _known_text(p, md, k)
-        planned.append(p)
-    return _result(md, planned)
+    """Compile the model of opts (a catalogue slug, a config path or repo id, or opts.config /
+    opts.hf_repo_id): :func:`compile_models` for one model."""
+    return compile_models([opts.model], opts)[0]
 
 
-def models_definitions(models: Sequence[str], opts: CompileOptions,
+def models_definitions(models: Sequence[Optional[str]], opts: CompileOptions,
                        jobs: Optional[int] = None) -> List[ModelDefinitions]:
     """model_definitions for each model, in order: those in the result cache read here, the
     others spread over forked workers (see workers).  A model whose worker did not deliver — an
@@ -335,7 +329,7 @@ def _cyclic_gc_paused():
             gc.enable()
 
 
-def _models_definitions(models: Sequence[str], opts: CompileOptions, jobs: Optional[int]) -> List[ModelDefinitions]:
+def _models_definitions(models: Sequence[Optional[str]], opts: CompileOptions, jobs: Optional[int]) -> List[ModelDefinitions]:
     run = CompileRun()
 
     def work(slug):
@@ -362,7 +356,7 @@ def _models_definitions(models: Sequence[str], opts: CompileOptions, jobs: Optio
     return out
 
 
-def compile_models(models: Sequence[str], opts: CompileOptions) -> List[CompileResult]:
+def compile_models(models: Sequence[Optional[str]], opts: CompileOptions) -> List[CompileResult]:
     """Compile several models into one dataset, as compiling them one after another would (the
     same files, statuses and tag merges), but with every model evaluated before anything is
     written, and each file written once: a later model's definitions are planned against what the

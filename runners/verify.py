@@ -562,12 +562,9 @@ def resolve_arg(spec, case: Case, device: str, what: str, tensors: Dict[str, Any
     return v
 
 
-_EXPR_FUNCS = ("exp", "log", "sigmoid", "softplus", "sqrt", "rsqrt", "tanh", "abs", "float32")
-
-
 def tensor_expr(text: str, tensors: Dict[str, Any], env: Dict[str, Any], what: str):
     """Evaluate an elementwise expression over input tensors and symbols: numbers, names, + - * / **,
-    unary minus and the functions of _EXPR_FUNCS.  Computed in float32.  Nothing else is allowed."""
+    unary minus and the elementwise functions listed below.  Computed in float32.  Nothing else is allowed."""
     import ast
     import torch
     import torch.nn.functional as TF
@@ -611,7 +608,7 @@ def tensor_expr(text: str, tensors: Dict[str, Any], env: Dict[str, Any], what: s
             x = ev(n.args[0])
             return funcs[n.func.id](x if isinstance(x, torch.Tensor) else torch.tensor(x))
         raise RecipeError(f"{what}: expr '{text}': only numbers, names, + - * / ** and "
-                          f"{', '.join(_EXPR_FUNCS)}(x) are allowed")
+                          f"{', '.join(funcs)}(x) are allowed")
     return ev(tree.body)
 
 
