@@ -188,13 +188,17 @@ class ModelDefinitions:
     cached: bool = False                             # docs came from the result cache
     texts: Optional[List[str]] = None                # each doc as its file (write.dumps), if made
 
+    def make_texts(self) -> "ModelDefinitions":
+        """Serialise each definition as its file, if not done yet."""
+        if self.texts is None:
+            self.texts = [dumps(doc) for doc, _ in self.docs]
+        return self
+
     def __getstate__(self):
         """Sent from a compile worker as file texts, without its instances (specs and symbol
         tables stay there)."""
-        state = dict(self.__dict__)
+        state = dict(self.make_texts().__dict__)
         state["instances"] = None
-        if state["texts"] is None:
-            state["texts"] = [dumps(doc) for doc, _ in self.docs]
         state["docs"] = [sources for _, sources in self.docs]
         return state
 
@@ -333,7 +337,8 @@ def _models_definitions(models: Sequence[Optional[str]], opts: CompileOptions, j
     run = CompileRun()
 
     def work(slug):
-        return model_definitions(replace(opts, model=slug), run)
+        # files' texts made while the workers run: most of them are new files, written as they are
+        return model_definitions(replace(opts, model=slug), run).make_texts()
 
     done: List[Any] = [MISSING] * len(models)
     if result_cache.enabled():
