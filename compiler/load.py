@@ -17,22 +17,37 @@ from typing import Any, Dict, Optional, Tuple
 from .errors import DefcError, Location
 
 Path = Tuple[Any, ...]
-CACHE_VERSION = "2"   # 2: loads refuse YAML tags and alias bombs
+CACHE_VERSION = "3"   # 2: loads refuse YAML tags and alias bombs; 3: positions kept as JSON text
 
 
-@dataclass
 class Located:
-    """Plain data read from ``file`` and the 1-based (line, col) of every key path in it."""
+    """Plain data read from ``file`` and the 1-based (line, col) of every key path in it.
 
-    file: str
-    data: Any
-    positions: Dict[Path, Tuple[int, int]] = field(default_factory=dict)
+    ``positions`` may be given as the JSON text the parse cache keeps them in: they are needed only
+    to report an error, so that text is parsed the first time they are asked for."""
+
+    __slots__ = ("file", "data", "_positions", "_positions_json")
+
+    def __init__(self, file: str, data: Any, positions: Optional[Dict[Path, Tuple[int, int]]] = None,
+                 positions_json: Optional[str] = None):
+        self.file = file
+        self.data = data
+        self._positions = positions if positions is not None or positions_json is not None else {}
+        self._positions_json = positions_json
+
+    @property
+    def positions(self) -> Dict[Path, Tuple[int, int]]:
+        if self._positions is None:
+            self._positions = {tuple(p): (l, c) for p, l, c in json.loads(self._positions_json)}
+            self._positions_json = None
+        return self._positions
 
     def where(self, path: Path = ()) -> Location:
         path = tuple(path)
+        positions = self.positions
         while path:
-            if path in self.positions:
-                line, col = self.positions[path]
+            if path in positions:
+                line, col = positions[path]
                 return Location(self.file, line, col)
             path = path[:-1]
         return Location(self.file, 1, 1)
@@ -160,15 +175,18 @@ def cache_dir() -> Optional[str]:
     return base
 
 
-def cache_get(key: str) -> Optional[Tuple[Any, Dict[Path, Tuple[int, int]]]]:
-    """(data, positions) stored under key, or None (absent, unreadable, caching off)."""
+def cache_get(key: str) -> Optional[Tuple[Any, str]]:
+    """(data, positions as JSON text) stored under key, or None (absent, unreadable, caching off)."""
     base = cache_dir()
     if not base:
         return None
     try:
         with open(os.path.join(base, key + ".json"), encoding="utf-8") as fh:
             doc = json.load(fh)
-        return doc["data"], {tuple(p): (l, c) for p, l, c in doc["positions"]}
+        positions = doc["positions"]
+        if not isinstance(positions, str):
+            return None
+        return doc["data"], positions
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -183,7 +201,8 @@ def cache_put(key: str, data: Any, positions: Dict[Path, Tuple[int, int]]) -> No
         os.makedirs(base, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=base)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"data": data, "positions": [[list(p), l, c] for p, (l, c) in positions.items()]}, fh)
+            json.dump({"data": data, "positions": json.dumps([[list(p), l, c] for p, (l, c) in positions.items()])},
+                      fh)
         os.replace(tmp, os.path.join(base, key + ".json"))
     except (OSError, TypeError, ValueError):
         pass  # a cache that cannot be written only costs time
@@ -201,7 +220,7 @@ def load_yaml(path: str, what: str = "YAML file") -> Located:
     key = "yaml-" + CACHE_VERSION + "-" + hashlib.sha256(text.encode("utf-8")).hexdigest()
     hit = cache_get(key)
     if hit is not None:
-        return Located(shown, hit[0], hit[1])
+        return Located(shown, hit[0], positions_json=hit[1])
     located = _parse_yaml(text, shown)
     if not _json_exact(located.data):
         return located   # not JSON-representable as is (e.g. integer keys): parse every time

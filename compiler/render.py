@@ -38,10 +38,15 @@ MAX_TEMPLATE_EXPONENT = 64
 MAX_TEMPLATE_REPEAT = 1_000_000
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False)      # what json.dumps(ensure_ascii=False) makes per call
+
+
 def _tojson(value: Any, indent: Optional[int] = None) -> str:
     """``{{ x | tojson }}``: plain JSON.  Templates render JSON and Python source, not HTML, so
     Jinja's HTML-safe variant (which also escapes ``<>&'``) is not needed; the values parsed back
     are the same either way."""
+    if indent is None:
+        return _JSON.encode(value)
     return json.dumps(value, ensure_ascii=False, indent=indent)
 
 

@@ -8,6 +8,7 @@
 """
 import json
 import os
+import re
 import shutil
 from fractions import Fraction
 
@@ -253,3 +254,31 @@ def test_result_cache_hit_is_a_real_compile_and_misses_on_change(tmp_path, monke
 
     monkeypatch.setenv("DEFC_NO_RESULT_CACHE", "1")
     assert not P.model_definitions(opts).cached
+
+
+def test_parse_cache_gives_the_data_and_positions_of_a_fresh_parse(tmp_path, monkeypatch):
+    """Every spec and the model facts, parsed by ruamel and read back from the parse cache (whose
+    positions are parsed only when an error needs them): the same data and the same locations."""
+    import glob
+    from compiler import load
+    for path in sorted(glob.glob(os.path.join(SPECS_DIR, "*.yaml"))):
+        fresh = load.load_yaml(path)
+        cached = load.load_yaml(path)
+        assert cached._positions is None                 # from the cache, positions not parsed yet
+        assert cached.data == fresh.data
+        assert cached.positions == fresh.positions and len(fresh.positions) > 10
+        monkeypatch.setenv("DEFC_NO_CACHE", "1")
+        assert load.load_yaml(path).positions == fresh.positions
+        monkeypatch.delenv("DEFC_NO_CACHE")
+
+
+def test_error_from_a_cached_spec_is_located_as_from_a_fresh_one(tmp_path, capsys):
+    spec = tmp_path / "bad.yaml"
+    text = open(os.path.join(SPECS_DIR, "rmsnorm.yaml"), encoding="utf-8").read()
+    spec.write_text(text.replace("hidden_size", "hidden_size / 3", 1))
+    lines = []
+    for _ in range(2):                                   # first parse, then from the parse cache
+        assert main(["compile", str(spec), "--model", "llama-3.1-8b", "--out", str(tmp_path / "o")]) == 2
+        lines.append(capsys.readouterr().err.strip())
+    assert lines[0] == lines[1]
+    assert re.match(r"defc: \S*bad\.yaml:\d+:\d+: error: definitions\[0\]\.name: ", lines[0]), lines[0]
