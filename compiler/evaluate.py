@@ -93,21 +93,20 @@ def substitute(text: str, env: Dict[str, Any], spec: Spec, path: Tuple) -> str:
     if "{" not in text:
         return text
     parts = _placeholder_parts(text)
-    if len(parts) == 1:
+    n = len(parts)
+    if n == 1:
         return text
-    where = _Where(spec, path)
-    out = []
-    for i, p in enumerate(parts):
-        if i % 2 == 0:
-            out.append(p)
-            continue
-        raw, key, valid = p
-        if not valid:
-            raise DefcError(f"bad placeholder '{{{raw}}}' in {text!r}", *where)
-        v = env.get(key)
+    out = [parts[0]]
+    for j in range(1, n, 2):
+        raw, key, valid = parts[j]
+        v = env.get(key) if valid else None
         if v is None:
-            raise DefcError(f"placeholder '{{{key}}}' in {text!r} is not defined here", *where)
-        out.append(fmt_value(v))
+            what = f"bad placeholder '{{{raw}}}'" if not valid else f"placeholder '{{{key}}}'"
+            how = "" if not valid else " is not defined here"
+            raise DefcError(f"{what} in {text!r}{how}", spec.where(path), field_name(path))
+        t = type(v)
+        out.append(v if t is str else str(v) if t is int else fmt_value(v))
+        out.append(parts[j + 1])
     return "".join(out)
 
 
@@ -163,10 +162,9 @@ class Evaluator:
             return f"'{name}'"
         return f"'{chain[0]}' (a let, undefined because it needs '{name}')"
 
-    def _let(self, spec, path, name, text, env, ctx) -> None:
+    def _let(self, spec, path, name, env, ctx, f: F.Formula) -> None:
         """Bind a let; one that reads an undefined name stays undefined (an error only where it is
         used, and that error names the missing field)."""
-        f = self._formula(spec, path, text)
         try:
             env[name] = f.evaluate(env)
         except F.UndefinedSymbol as e:
@@ -230,40 +228,37 @@ class Evaluator:
         if "requires" in data and not self._truth(spec, ("requires",), data["requires"], env0, ctx0):
             return out
         for k, v in (data.get("let") or {}).items():
-            self._let(spec, ("let", k), k, v, env0, ctx0)
+            self._let(spec, ("let", k), k, env0, ctx0, self._formula(spec, ("let", k), v))
+        let = self._let
         for i, d in enumerate(spec.definitions):
-            base = ("definitions", i)
+            plan = spec.plans.get(i)
+            if plan is None:
+                plan = spec.plans[i] = _DefinitionPlan(spec, i, d, self._formula)
             for q in self.quant_variants(d, serving, default_quant):
                 env1 = dict(env0)
                 if q is not None:
                     env1["quantization"] = q
                 ctx = self._ctx(serving, q or "")
-                sweep = d.get("sweep") or {}
-                names = list(sweep)
-                cases = d.get("cases") or [{}]
-                for combo in itertools.product(*[sweep[n] for n in names]):
-                    for ci, case in enumerate(cases):
+                for combo in plan.combos:
+                    for lets, label, when, when_path in plan.cases:
                         env = dict(env1)
-                        env.update(zip(names, combo))
-                        cpath = base + ("cases", ci)
-                        for k, v in (case.get("let") or {}).items():
-                            self._let(spec, cpath + ("let", k), k, v, env, ctx)
-                        if "label" in case:
-                            env["label"] = case["label"]
-                        if "when" in case and not self._truth(spec, cpath + ("when",), case["when"], env, ctx):
+                        if combo:
+                            env.update(combo)
+                        for name, path, f in lets:
+                            let(spec, path, name, env, ctx, f)
+                        if label is not _NO_LABEL:
+                            env["label"] = label
+                        if when is not None and not self._truth(spec, when_path, None, env, ctx, when):
                             continue
-                        for k, v in (d.get("let") or {}).items():
-                            self._let(spec, base + ("let", k), k, v, env, ctx)
-                        if "when" in d and not self._truth(spec, base + ("when",), d["when"], env, ctx):
+                        for name, path, f in plan.lets:
+                            let(spec, path, name, env, ctx, f)
+                        if plan.when is not None and not self._truth(spec, plan.when_path, None, env, ctx, plan.when):
                             continue
-                        out.append(self._instance(spec, i, d, env, serving, q or own_q, ctx))
+                        out.append(self._instance(spec, i, d, plan, env, serving, q or own_q, ctx))
         return out
 
-    def _instance(self, spec: Spec, i: int, d: dict, env: Dict[str, Any], serving: Serving, quant: str,
-                  ctx: str) -> Instance:
-        plan = spec.plans.get(i)
-        if plan is None:
-            plan = spec.plans[i] = _DefinitionPlan(spec, i, d, self._formula)
+    def _instance(self, spec: Spec, i: int, d: dict, plan: "_DefinitionPlan", env: Dict[str, Any],
+                  serving: Serving, quant: str, ctx: str) -> Instance:
         axes: Dict[str, dict] = {}
         for name, when, when_path, kind, value, value_path, desc, desc_path in plan.axes:
             if when is not None and not self._truth(spec, when_path, None, env, ctx, when):
@@ -325,6 +320,9 @@ class Evaluator:
                         origins=[f"{self.model} {serving.label()}"])
 
 
+_NO_LABEL = object()
+
+
 class _DefinitionPlan:
     """One definition of a spec laid out for evaluation, once per spec: its formulas looked up,
     the spec paths that errors name worked out, and which texts have placeholders to fill."""
@@ -334,6 +332,20 @@ class _DefinitionPlan:
 
         def cond(item, p):
             return (formula(spec, p + ("when",), item["when"]), p + ("when",)) if "when" in item else (None, None)
+
+        def lets(item, p):
+            return tuple((k, p + ("let", k), formula(spec, p + ("let", k), v)) for k, v in (item.get("let") or {}).items())
+
+        # the sweep's combinations as (name, value) pairs, and each case: (its lets, its label or
+        # _NO_LABEL, its when and that when's path); a definition without cases has one empty case
+        sweep = d.get("sweep") or {}
+        self.combos = [tuple(zip(sweep, combo)) for combo in itertools.product(*sweep.values())]
+        self.cases = []
+        for ci, case in enumerate(d.get("cases") or [{}]):
+            p = base + ("cases", ci)
+            self.cases.append((lets(case, p), case.get("label", _NO_LABEL), *cond(case, p)))
+        self.lets = lets(d, base)
+        self.when, self.when_path = cond(d, base)
 
         def has_placeholder(text) -> bool:
             return "{" in text
