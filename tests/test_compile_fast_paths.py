@@ -282,3 +282,50 @@ def test_error_from_a_cached_spec_is_located_as_from_a_fresh_one(tmp_path, capsy
         lines.append(capsys.readouterr().err.strip())
     assert lines[0] == lines[1]
     assert re.match(r"defc: \S*bad\.yaml:\d+:\d+: error: definitions\[0\]\.name: ", lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("quantization", [None, ["all"]])
+def test_instances_reused_across_serving_configs_are_those_evaluated_there(quantization, monkeypatch):
+    """Every catalogue model at every cookbook serving config: the instances an Evaluator reuses
+    from another serving config (a definition that reads the same values there) equal, field by
+    field — symbol table, serving config and origins included — those a fresh evaluation gives."""
+    from dataclasses import fields
+    from compiler import evaluate as E
+    from compiler.facts import model_env
+    moved = []
+    real = E.Evaluator._moved
+    monkeypatch.setattr(E.Evaluator, "_moved", lambda self, *a: moved.append(1) or real(self, *a))
+    opts = P.CompileOptions(quantization=quantization)
+    facts = P.load_facts(opts.specs_dir)
+    specs = P.CompileRun().specs(P.spec_paths(None, opts.specs_dir))
+    total = 0
+    for slug in catalogue_slugs():
+        model = P.resolve_model(slug, None, None)
+        servings, _ = P.servings_for(model, opts, facts)
+        fast, plain = E.Evaluator(slug, quantization), E.Evaluator(slug, quantization, reuse=False)
+        for s in servings:
+            env = model_env(model.config, s.symbols(), facts, slug, model.origin)
+            for spec in specs:
+                got, want = fast.run(spec, env, s, "bf16"), plain.run(spec, env, s, "bf16")
+                assert len(got) == len(want)
+                for a, b in zip(got, want):
+                    for f in fields(a):
+                        assert getattr(a, f.name) == getattr(b, f.name), (slug, s.label(), a.name, f.name)
+                    assert a.serving is s and json.dumps(a.params) == json.dumps(b.params)
+                    total += 1
+    assert total > 1000 and len(moved) > 0.25 * total
+
+
+def test_reuse_halves_the_evaluations_of_the_catalogue(monkeypatch):
+    """Most definitions (GEMMs, norms, sampling) read no serving symbol: at the second and later
+    serving configs of a model they are reused, not evaluated."""
+    from compiler import evaluate as E
+    made = []
+    real = E.Evaluator._instance
+    monkeypatch.setattr(E.Evaluator, "_instance", lambda self, *a: made.append(1) or real(self, *a))
+    opts = P.CompileOptions(quantization=["all"], out="/nonexistent-defc-out")
+    monkeypatch.setenv("DEFC_NO_RESULT_CACHE", "1")
+    monkeypatch.setenv("DEFC_JOBS", "1")                 # every evaluation in this process
+    results = P.compile_models(catalogue_slugs(), opts)
+    instances = sum(len(v) for r in results for v in r.instances.values())
+    assert instances > 2000 and len(made) < 0.6 * instances
