@@ -73,10 +73,59 @@ def environment(dirs: Tuple[str, ...]):
             return super().call_binop(context, operator, left, right)
 
     env = BoundedSandbox(loader=FileSystemLoader(list(dirs)), undefined=StrictUndefined,
-                         autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+                         autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+                         bytecode_cache=_compiled_templates())
     env.filters["tojson"] = _tojson
     env.filters["py"] = _pyrepr
     return env
+
+
+COMPILED_TEMPLATES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__", "templates")
+
+
+def _compiled_templates():
+    """Templates compiled to Python code are kept the way Python keeps compiled modules: in this
+    package's ``__pycache__`` (never in the user's cache folder, which holds only data), read
+    back when a template's source is unchanged, not written when Python is told not to write
+    bytecode (``PYTHONDONTWRITEBYTECODE``).  Compiling the catalogue's 30 templates costs each
+    compile process ~30 ms; loading them back ~2 ms.
+
+    Jinja keys a compiled template by its file and checks it against the source; the file names
+    here also carry a digest of what else decides the code — this module (the sandbox and the
+    environment's options) and Jinja's version — so code compiled under other rules is never
+    loaded.  A file that cannot be read or written only costs the compile."""
+    import hashlib
+    import sys
+    import jinja2
+    from jinja2 import FileSystemBytecodeCache
+
+    class CompiledTemplates(FileSystemBytecodeCache):
+        def load_bytecode(self, bucket) -> None:
+            try:
+                super().load_bytecode(bucket)
+            except (OSError, EOFError, ValueError, TypeError):
+                bucket.reset()
+
+        def dump_bytecode(self, bucket) -> None:
+            if sys.dont_write_bytecode:
+                return
+            try:
+                os.makedirs(self.directory, exist_ok=True)
+                if not self.pruned:           # files compiled under other rules are never read again
+                    self.pruned = True
+                    for name in os.listdir(self.directory):
+                        if not name.startswith(self.prefix):
+                            os.unlink(os.path.join(self.directory, name))
+                super().dump_bytecode(bucket)
+            except OSError:
+                pass
+
+    h = hashlib.sha256(jinja2.__version__.encode() + b"\0")
+    with open(__file__, "rb") as fh:
+        h.update(fh.read())
+    cache = CompiledTemplates(COMPILED_TEMPLATES_DIR, pattern=h.hexdigest()[:16] + "-%s.cache")
+    cache.prefix, cache.pruned = h.hexdigest()[:16] + "-", False
+    return cache
 
 
 def template_dirs(extra: Optional[List[str]] = None) -> Tuple[str, ...]:
