@@ -99,8 +99,8 @@ def entry() -> None:
     """The ``defc`` script: :func:`main`, then the process ends at once.  Tearing the interpreter
     down (freeing every object, a last cycle collection) costs a compile of the catalogue about
     30 ms and achieves nothing that the end of the process does not.  It is skipped, after the
-    output is flushed, only when nothing is registered to run at exit and no other thread runs;
-    otherwise the exit is the usual one."""
+    output is flushed, only when nothing is registered to run at exit, no other thread runs and
+    no tracer or profiler is set; otherwise the exit is the usual one."""
     code = main(whole_process=True)
     try:
         sys.stdout.flush()
@@ -108,8 +108,8 @@ def entry() -> None:
     except (OSError, ValueError):
         sys.exit(code)                      # e.g. a closed pipe: the usual exit deals with it
     count = getattr(atexit, "_ncallbacks", None)
-    if count is None or count() or threading.active_count() > 1:
-        sys.exit(code)
+    if count is None or count() or threading.active_count() > 1 or sys.gettrace() or sys.getprofile():
+        sys.exit(code)                      # (a profiler or coverage writes its report after this)
     os._exit(code)
 
 

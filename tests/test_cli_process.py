@@ -120,3 +120,13 @@ def test_the_defc_script_compiles_with_the_cycle_collector_off_and_other_command
     assert proc.returncode == 0 and proc.stdout.startswith("collector False"), proc.stderr
     proc = _run(["lint"], tmp_path, probe.format(mod="lint"))
     assert proc.returncode == 0 and proc.stdout.startswith("collector True"), proc.stderr
+
+
+def test_the_defc_script_under_a_profiler_exits_so_that_the_profile_is_written(tmp_path):
+    profile = tmp_path / "defc.prof"
+    proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "defc.cli", "compile",
+                           "--model", "llama-3.1-8b", "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True,
+                          text=True, env=dict(os.environ, DEFC_CACHE_DIR=str(tmp_path / "cache")))
+    assert proc.returncode == 0, proc.stderr
+    import pstats
+    assert any("compile_models" in name for _, _, name in pstats.Stats(str(profile)).stats)
