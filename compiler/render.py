@@ -213,11 +213,21 @@ class Renderer:
         self._templates: Dict[str, Any] = {}
 
     def template_text(self, name: str, context: Dict[str, Any]) -> str:
-        template = self._templates.get(name)
+        """``template.render(**context)``, less its per-call work: the template's globals are
+        flattened once (Jinja merges its chained globals into every render's context), and the
+        context is made from them and ``context`` directly."""
+        entry = self._templates.get(name)
         try:
-            if template is None:
-                template = self._templates[name] = environment(self.dirs).get_template(name)
-            return template.render(**context)
+            if entry is None:
+                template = environment(self.dirs).get_template(name)
+                entry = self._templates[name] = (template, dict(template.globals))
+            template, names = entry
+            variables = dict(names)
+            variables.update(context)
+            try:
+                return "".join(template.root_render_func(template.new_context(variables, shared=True)))
+            except Exception:
+                template.environment.handle_exception()     # re-raised with the template's own lines
         except Exception as e:  # every Jinja failure becomes one located line
             raise _template_error(e, name, self.dirs) from None
 

@@ -121,3 +121,17 @@ def _definition_context():
             "axes": {"n": {"type": "const", "value": 4}}, "constraints": [],
             "inputs": {"x": {"shape": ["n"], "dtype": "float32"}}, "outputs": {"y": {"shape": ["n"], "dtype": "float32"}},
             "reference": "def run(x):\n    return x\n"}
+
+
+def test_an_error_names_the_template_line_it_happened_on(kept, tmp_path):
+    """Rendering reports the template's own line (Jinja maps the generated code back to it), for a
+    template compiled from source and for one loaded compiled."""
+    folder = tmp_path / "t"
+    folder.mkdir()
+    (folder / "late.j2").write_text("line one\n{% set x = 1 %}\nline three {{ x }}\n{{ nope.deeper }}\n")
+    dirs = render.template_dirs([str(folder)])
+    for _ in range(2):
+        with pytest.raises(DefcError) as e:
+            _fresh_renderer(dirs).template_text("late.j2", {})
+        assert e.value.location.line == 4 and "'nope' is undefined" in e.value.message
+    assert _fresh_renderer(dirs).template_text("late.j2", {"nope": {"deeper": 5}}) == "line one\nline three 1\n5\n"
