@@ -39,13 +39,23 @@ MAX_TEMPLATE_REPEAT = 1_000_000
 
 
 _JSON = json.JSONEncoder(ensure_ascii=False)      # what json.dumps(ensure_ascii=False) makes per call
+_quote = json.encoder.encode_basestring
+# the C encoder that _JSON.encode makes for every container it encodes, made once (without the
+# circular-reference check: template values come from JSON-like data, and the sandbox cannot
+# make a cycle; a cycle would end in RecursionError, a template failure like any other)
+_encode_c = json.encoder.c_make_encoder(None, _JSON.default, _quote, None, ": ", ", ", False, False, True) \
+    if json.encoder.c_make_encoder is not None else None
 
 
 def _tojson(value: Any, indent: Optional[int] = None) -> str:
-    """``{{ x | tojson }}``: plain JSON.  Templates render JSON and Python source, not HTML, so
-    Jinja's HTML-safe variant (which also escapes ``<>&'``) is not needed; the values parsed back
-    are the same either way."""
+    """``{{ x | tojson }}``: plain JSON, exactly ``json.dumps(x, ensure_ascii=False)``.  Templates
+    render JSON and Python source, not HTML, so Jinja's HTML-safe variant (which also escapes
+    ``<>&'``) is not needed; the values parsed back are the same either way."""
     if indent is None:
+        if type(value) is str:
+            return _quote(value)
+        if _encode_c is not None:
+            return "".join(_encode_c(value, 0))
         return _JSON.encode(value)
     return json.dumps(value, ensure_ascii=False, indent=indent)
 
