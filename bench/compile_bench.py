@@ -14,8 +14,9 @@ What is measured
               Run 0 starts with empty caches; the others find the parse cache and the result cache
               (rendered definitions keyed by the content of every input) warm, as a second
               invocation does.  Also measured: the same with the result cache off (every model
-              evaluated and rendered; parse cache warm), with PYTHONDONTWRITEBYTECODE=1 (defc's
-              modules compiled from source in every process), and the old way in a bench worker —
+              evaluated and rendered; parse cache warm), the same with no compiled templates
+              kept (removed first; PYTHONDONTWRITEBYTECODE=1, so none are written: each process
+              compiles every template from source), and the old way in a bench worker —
               model by model, each compile written before the next (``compile_model`` +
               ``write_planned``).  A worker compiles the catalogue once more, untimed, to count what
               was written and to log the writes for the floor.
@@ -26,7 +27,9 @@ What is measured
               the runners' replay recipes (runners/replay.py: meta tensors, no GPU): import of
               flashinfer (and torch) + every traced call + writing its JSON.  The compiled instances
               and the recipe calls are prepared before the clock starts (that part is defc's work).
-              defc's number it is compared with is the whole catalogue, a superset of what is traced.
+              defc's number it is compared with is the whole catalogue, a superset of what is traced:
+              for each FlashInfer run, the median of three defc runs around it (two before, one
+              after), so that the ratio compares times taken seconds apart.
   floor       a process that only writes the bytes defc wrote: the same files, in the same
               order, into a fresh folder — once with defc's own atomic protocol (temp, sync, rename,
               in the same batches) and once with plain open/write/close.  Its time is a Python
@@ -475,8 +478,13 @@ def _notes() -> str:
   empty in a temporary folder: the first catalogue run is the cold-cache one and the rest are
   warm, like any second invocation.  Workers run with Python's default bytecode caching (this
   sandbox sets `PYTHONDONTWRITEBYTECODE=1`, which would recompile defc's own modules from source
-  in every process while torch and flashinfer load their installed bytecode); one row shows the
-  catalogue with the flag set.
+  in every process while torch and flashinfer load their installed bytecode).
+* Templates compiled to Python code are kept the same way, in `compiler/__pycache__/templates`
+  (next to defc's own compiled modules, never in the data cache): read back while a template's
+  source, `compiler/render.py` and Jinja's version are unchanged, not written under
+  `PYTHONDONTWRITEBYTECODE=1`.  The bench removes them first; the empty-caches run and one row
+  (every template compiled from source in each process) run with the flag set, so that none are
+  kept, and the rows after them run as a user's second compile does.
 * Two caches are involved.  The parse cache holds YAML parsed into JSON and "this text passed the
   schema".  The result cache holds a model's rendered definitions, as the texts of their files,
   under a sha256 of everything that makes them (every file of the compiler package and of the
@@ -538,32 +546,48 @@ def _notes() -> str:
 | Jinja's HTML-safe `tojson` (escapes `<>&'`, then parsed back) | a plain `json.dumps` filter: the same values after parsing |
 | Python's cycle collector running every few hundred allocations during evaluation (~10% of it) | paused while models are evaluated and rendered (nothing to collect) |
 | start-up imports of `traceback`, `tempfile`, `importlib.util` | imported only when needed |
+| the cycle collector resumed after the workers: one pass over the ~130k objects a catalogue compile holds (~27 ms); then the interpreter's teardown freeing them (~30 ms) | the `defc` script compiles with the collector off and, once its output is flushed, ends the process at once — unless something is registered to run at exit, another thread runs, or a profiler or tracer is set |
+| every command's parser built at start-up (11 modules imported, ~10 ms) | only the parser of the command named on the command line |
+| the parent serialising its own models' files after the workers were done | each model's file texts made by whichever process made the model, while the others work |
+| the parse cache's YAML positions (a list per key path) decoded for every spec in every process | kept as JSON text, decoded only when an error needs a location |
+| a path tuple built and a formula looked up for each of 25k case `let`s | each definition's cases, lets and whens laid out in its plan |
+| each definition evaluated again at every serving config of a model (2417 instances) | a definition whose read values (its formulas' symbols, its placeholders, the names it binds) are the same at a later serving config reuses the instances of the earlier one, moved to that config (serving, quantization, symbol table): 1259 evaluated; a test compares the two over the catalogue, field by field |
+| Jinja compiling the 30 templates in each process (~30 ms) | compiled templates kept in the package's `__pycache__` (above), ~3 ms to load |
+| `Template.render` merging Jinja's chained globals into every context; `json.dumps` making a C encoder per `tojson` | each template's globals flattened once; one C encoder (both tested against the plain calls) |
 
 Tried and dropped (measured no gain on this machine): memoising rendered reference sources per
-context (430 of 1193 renders saved, but keying costs as much — tried twice); reusing a
-definition's instances at a serving config where every name it reads is unchanged (only 431 of
-2417 instances qualify: most definitions read `tp`/`ep`); loading specs and templates before
-forking (each worker loading them itself, in parallel, is as fast); workers streaming each model
-back as it is done instead of all at the end; two threads creating the temp files; O_TMPFILE +
-linkat instead of temp + rename.  Left out on purpose: Jinja's bytecode cache (compiled templates
-kept on disk, ~30 ms less per process), because it loads pickled and marshalled code from the
-cache folder, which otherwise holds only data; setuptools' "compat" editable install (a plain
-path entry instead of an import hook that loads pathlib, ~15 ms per start), which setuptools
-announces it will remove.
+context (430 of 1193 renders saved, but keying costs as much — tried twice); loading specs and
+templates before forking (each worker loading them itself, in parallel, is as fast); workers
+streaming each model back as it is done, to this process working along (an earlier round) or
+only collecting and placing them meanwhile (this round: the same time — both cores are busy
+either way); sending the definitions pickled alongside their texts (no faster to receive); one
+syncfs for all files instead of one per batch of 64 (slower on this disk); joined fast paths in
+the direct JSON writer (slower); two threads creating the temp files; O_TMPFILE + linkat instead
+of temp + rename.  Reusing instances across serving configs had been dropped in an earlier round
+as "431 of 2417 qualify": that count treated every definition as reading the serving config's
+quantization; counted by what each definition reads, 1158 qualify, and it is kept.  Kept on
+purpose after reconsidering: compiled templates (rejected earlier because they would have been
+loaded from the data cache, a folder that may be shared or restored in CI and otherwise holds
+only data; kept now next to defc's own compiled modules, where writing them takes the same
+rights as changing defc's code).  Left out on purpose: setuptools' "compat" editable install (a
+plain path entry instead of an import hook that loads pathlib, ~15 ms per start), which
+setuptools announces it will remove.
 
-Without the result cache a catalogue run spends roughly: start-up and imports 0.07 s; in each of
-the two processes, Jinja import, specs and templates 0.06 s and then its share of evaluating (about
-0.1 s of 0.25 s in all) and rendering; receiving the other process's models 0.02–0.04 s; placing
-0.02 s; writing 0.05 s when the disk is quiet.  With it: start-up and imports 0.07 s, reading the
-cached definitions 0.03 s, placing and serialising the merged files 0.03 s, writing 0.05 s.
+Without the result cache a catalogue run spends roughly: start-up, imports and the parser
+0.06 s; in each of the two processes, Jinja's import (0.02 s), the specs (0.01 s) and the compiled
+templates (under 0.01 s), then its share of evaluating (0.06 s in all) and rendering and
+serialising (about 0.15 s in all) — the two processes finish at about 0.2 s; receiving the other
+process's models 0.02 s; placing 0.02 s; writing 0.05 s when the disk is quiet.  With it:
+start-up 0.06 s, reading the cached definitions 0.03 s, placing and serialising the merged files
+0.03 s, writing 0.05 s.
 
-fi_trace: once flashinfer is imported (~2.5 s here, torch included), a `.fi_trace()` call costs a
+fi_trace: once flashinfer is imported (~2.3 s here, torch included), a `.fi_trace()` call costs a
 few milliseconds; the ratio is that import plus the calls against defc's whole run.  A compile
-that evaluates and renders all 27 models from scratch is close to a tenth of it on this 2-core
-machine (over a tenth per definition, a little under for the whole catalogue, which has a quarter
-more definitions than FlashInfer can trace); a compile with the result cache warm is well over.
-defc's advantage regardless is that it needs neither torch nor flashinfer nor a GPU, and covers
-the definitions FlashInfer has no template for.
+that evaluates and renders all 27 models from scratch now takes about a twelfth of it on this
+2-core machine for the whole catalogue (which has a quarter more definitions than FlashInfer can
+trace), and a compile with the result cache warm about a twentieth.  defc's advantage regardless
+is that it needs neither torch nor flashinfer nor a GPU, and covers the definitions FlashInfer
+has no template for.
 """
 
 
