@@ -142,12 +142,12 @@ class _Where:
 class Evaluator:
     """Evaluates specs for one model.
 
-    A definition's instances depend on nothing but the values of the names it reads (its
-    formulas' symbols, its placeholders, the names it binds) and its quantization variant.  Evaluated at
-    one serving config, they are kept under those values; at a later serving config where they
+    A definition's instances depend on nothing but its quantization variant and the values of
+    the names it reads (its formulas' symbols, its placeholders, the names it binds).  Evaluated
+    at one serving config, they are kept under those values; at a later serving config where they
     are the same — a GEMM at tp4 as at tp8 — the kept instances are reused, moved to that serving
-    config (its ``serving``, ``origins`` and symbol table) instead of being evaluated again.
-    ``reuse=False`` evaluates every time (tests compare the two)."""
+    config (its ``serving``, quantization, ``origins`` and symbol table) instead of being
+    evaluated again.  ``reuse=False`` evaluates every time (tests compare the two)."""
 
     def __init__(self, model_slug: str, quant_selection: Optional[Sequence[str]] = None, reuse: bool = True):
         self.model = model_slug
@@ -404,7 +404,8 @@ class _DefinitionPlan:
             return (formula(spec, p + ("when",), item["when"]), p + ("when",)) if "when" in item else (None, None)
 
         def lets(item, p):
-            return tuple((k, p + ("let", k), formula(spec, p + ("let", k), v)) for k, v in (item.get("let") or {}).items())
+            return tuple((k, p + ("let", k), formula(spec, p + ("let", k), v))
+                         for k, v in (item.get("let") or {}).items())
 
         # the sweep's combinations as (name, value) pairs, and each case: (its lets, its label or
         # _NO_LABEL, its when and that when's path); a definition without cases has one empty case

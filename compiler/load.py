@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 from .errors import DefcError, Location

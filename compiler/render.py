@@ -110,6 +110,11 @@ def _compiled_templates():
     from jinja2 import FileSystemBytecodeCache
 
     class CompiledTemplates(FileSystemBytecodeCache):
+        def __init__(self, directory: str, prefix: str):
+            super().__init__(directory, prefix + "%s.cache")
+            self.prefix = prefix
+            self.pruned = False
+
         def load_bytecode(self, bucket) -> None:
             try:
                 super().load_bytecode(bucket)
@@ -133,9 +138,7 @@ def _compiled_templates():
     h = hashlib.sha256(jinja2.__version__.encode() + b"\0")
     with open(__file__, "rb") as fh:
         h.update(fh.read())
-    cache = CompiledTemplates(COMPILED_TEMPLATES_DIR, pattern=h.hexdigest()[:16] + "-%s.cache")
-    cache.prefix, cache.pruned = h.hexdigest()[:16] + "-", False
-    return cache
+    return CompiledTemplates(COMPILED_TEMPLATES_DIR, h.hexdigest()[:16] + "-")
 
 
 def template_dirs(extra: Optional[List[str]] = None) -> Tuple[str, ...]:

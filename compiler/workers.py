@@ -79,7 +79,7 @@ def map_forked(items: Sequence[Any], work: Callable[[Any], Any], jobs: Optional[
             except Exception:
                 break                                      # the caller works it out again
         return results
-    import pickle  # noqa: F401  (loaded once, before the workers are forked: _child and _collect use it)
+    import pickle           # loaded once, before the workers are forked (each would load it)
     tasks_r, tasks_w = os.pipe()
     os.write(tasks_w, b"".join(_INDEX.pack(i) for i in range(len(items))))
     os.close(tasks_w)
@@ -92,7 +92,7 @@ def map_forked(items: Sequence[Any], work: Callable[[Any], Any], jobs: Optional[
             pid = os.fork()
             if pid == 0:                                   # the worker
                 os.close(r)
-                _child(w, tasks_r, items, work)
+                _child(w, tasks_r, items, work, pickle.dumps)
             os.close(w)
             children.append((pid, r))
         for i, value in _take(tasks_r, items, work):
@@ -100,7 +100,7 @@ def map_forked(items: Sequence[Any], work: Callable[[Any], Any], jobs: Optional[
         os.close(tasks_r)
         tasks_r = -1
         for pid, r in children:
-            for i, value in _collect(r):
+            for i, value in _collect(r, pickle.loads):
                 results[i] = value
             os.waitpid(pid, 0)
         children = []
@@ -140,12 +140,11 @@ def _take(tasks: int, items: Sequence[Any], work) -> list:
             return done
 
 
-def _child(fd: int, tasks: int, items, work) -> None:
-    """A worker: take items, then send (index, result) pairs; never returns."""
+def _child(fd: int, tasks: int, items, work, pickled) -> None:
+    """A worker: take items, then send (index, result) pairs, pickled; never returns."""
     code = 0
     try:
-        import pickle
-        view = memoryview(pickle.dumps(_take(tasks, items, work), protocol=pickle.HIGHEST_PROTOCOL))
+        view = memoryview(pickled(_take(tasks, items, work), protocol=-1))   # -1: the highest
         while len(view):                # a pipe, not a file: the parent reads it
             view = view[os.write(fd, view):]
     except BaseException:
@@ -154,7 +153,7 @@ def _child(fd: int, tasks: int, items, work) -> None:
         os._exit(code)
 
 
-def _collect(fd: int) -> list:
+def _collect(fd: int, unpickled) -> list:
     """What a worker sent (nothing, if it died or sent something unreadable)."""
     chunks = []
     with os.fdopen(fd, "rb") as fh:
@@ -163,9 +162,8 @@ def _collect(fd: int) -> list:
             if not chunk:
                 break
             chunks.append(chunk)
-    import pickle
     try:
-        done = pickle.loads(b"".join(chunks))
+        done = unpickled(b"".join(chunks))
     except Exception:
         return []
     return [d for d in done if isinstance(d, tuple) and len(d) == 2] if isinstance(done, list) else []
