@@ -319,12 +319,13 @@ def main():
         # then write (timed inside, so reading the bench's write log is not counted); each
         # pair of floors is followed by a defc run, and the ratio is taken per such triple
         startup = [timed_cmd([sys.executable, "-c", "import compiler.write"], full_env) for _ in range(a.runs)]
-        floor_atomic, floor_plain, floor_defc = [], [], []
+        floor_atomic, floor_plain, floor_defc, floor_nores = [], [], [], []
         for i in range(a.runs):
             for mode, into in (("atomic", floor_atomic), ("plain", floor_plain)):
                 folder = os.path.join(work, f"f{mode}{i}")
                 into.append(run_worker(["floor", log, folder, mode], env, base_env)["wall_s"])
             floor_defc.append(cli_catalogue(f"fd{i}"))
+            floor_nores.append(cli_catalogue(f"fn{i}", no_result_cache))
         # the old way, model by model through the API (in a bench worker process)
         cat_seq = []
         for i in range(a.runs):
@@ -367,6 +368,7 @@ def main():
         "catalogue_s": med(cat_wall), "cold_s": med(cold),
         "floor_ratio": med([d / f for d, f in zip(floor_defc, fa)]),
         "floor_plain_ratio": med([d / f for d, f in zip(floor_defc, fp)]),
+        "floor_ratio_nores": med([d / f for d, f in zip(floor_nores, fa)]),
     }
     if fi:
         fi_wall = [r["wall_s"] for r in fi]
@@ -456,6 +458,8 @@ def main():
         f"write floor, median of the {len(floor_defc)} runs | {res['floor_ratio']:.1f}× "
         f"| < {TARGETS['floor_ratio']:.0f}× | {ok('floor_ratio')} |",
         f"| defc time ÷ plain write floor | {res['floor_plain_ratio']:.1f}× | | |",
+        f"| defc with the result cache off (run after each of those: {span(floor_nores)} s) ÷ atomic write floor "
+        f"| {res['floor_ratio_nores']:.1f}× | | |",
     ]
     if fi:
         lines += ["", f"fi_trace families (definitions dumped): {fams}.  Not traced: {skipped} (of "
