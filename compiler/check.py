@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 from . import formula as F
 from .errors import DefcError, DefcErrors
-from .load import Located, load_yaml
+from .load import CACHE_VERSION, Located, cache_get, cache_put, load_yaml
 from .paths import SCHEMA_DIR
 
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -119,6 +119,13 @@ def field_name(path) -> str:
 
 
 def schema_errors(doc: Located, schema_name: str) -> List[DefcError]:
+    """Every violation of schema ``schema_name`` in doc, as located errors.  jsonschema is the slowest
+    part of loading a spec, and its answer for the same text and the same schema never changes: a
+    text (by load_yaml's digest) that passed is remembered in the parse cache and not validated
+    again."""
+    ok_key = schema_ok_key(schema_name, doc.digest) if doc.digest else None
+    if ok_key is not None and cache_get(ok_key) is not None:
+        return []
     errs = []
     for err in sorted(_validator(schema_name).iter_errors(doc.data), key=lambda e: list(map(str, e.absolute_path))):
         path = tuple(err.absolute_path)
@@ -132,6 +139,8 @@ def schema_errors(doc: Located, schema_name: str) -> List[DefcError]:
             if extra:
                 path = path + (extra[0],)
         errs.append(DefcError(_schema_message(err), doc.where(path), field_name(path)))
+    if ok_key is not None and not errs:
+        cache_put(ok_key, True, {})
     return errs
 
 
@@ -179,13 +188,11 @@ def _formula_paths(data: dict) -> Iterator[Tuple[Tuple, Any]]:
                 yield base + ("reference", "params", k), v
 
 
-def spec_problems(doc: Located, schema_checked: bool = False) -> Tuple[List[DefcError], Dict[Tuple, F.Formula]]:
-    """All schema and formula problems of a loaded spec, and the parsed formulas.
-
-    ``schema_checked``: this exact text is known to pass the schema (see :func:`schema_ok_key`)."""
+def spec_problems(doc: Located) -> Tuple[List[DefcError], Dict[Tuple, F.Formula]]:
+    """All schema and formula problems of a loaded spec, and the parsed formulas."""
     if doc.data is None:
         return [DefcError("the spec is empty", doc.where(()))], {}
-    errs = [] if schema_checked else schema_errors(doc, "spec.schema.json")
+    errs = schema_errors(doc, "spec.schema.json")
     formulas: Dict[Tuple, F.Formula] = {}
     data = doc.data if isinstance(doc.data, dict) else {}
     if not isinstance(doc.data, dict):
@@ -245,8 +252,8 @@ def _shape_problems(doc: Located, i: int, d: dict) -> List[DefcError]:
     return errs
 
 
-def check_spec(doc: Located, schema_checked: bool = False) -> Spec:
-    errs, formulas = spec_problems(doc, schema_checked)
+def check_spec(doc: Located) -> Spec:
+    errs, formulas = spec_problems(doc)
     if errs:
         raise DefcErrors(errs)
     data = doc.data
@@ -262,12 +269,9 @@ def _schema_digest(name: str) -> str:
         return hashlib.sha256(fh.read()).hexdigest()[:16]
 
 
-def schema_ok_key(name: str, digest: bytes) -> str:
-    """Cache key recording that a text (by its sha256) passed schema ``name`` (by its content):
-    jsonschema validation is the slowest part of loading a spec, and its answer for the same text
-    and the same schema never changes."""
-    from .load import CACHE_VERSION
-    return f"schemaok-{CACHE_VERSION}-{name.split('.')[0]}-{_schema_digest(name)}-{digest.hex()}"
+def schema_ok_key(name: str, digest: str) -> str:
+    """Parse-cache key recording that a text (by its sha256) passed schema ``name`` (by its content)."""
+    return f"schemaok-{CACHE_VERSION}-{name.split('.')[0]}-{_schema_digest(name)}-{digest}"
 
 
 def load_spec(path: str) -> Spec:
@@ -281,12 +285,7 @@ def load_spec(path: str) -> Spec:
         key = None                      # load_yaml reports it
     if key is not None and key in _CHECKED:
         return _CHECKED[key]
-    from .load import cache_get, cache_put
-    ok_key = schema_ok_key("spec.schema.json", key[2]) if key is not None else None
-    known_ok = ok_key is not None and cache_get(ok_key) is not None
-    spec = check_spec(load_yaml(path, "spec"), schema_checked=known_ok)
-    if ok_key is not None and not known_ok:
-        cache_put(ok_key, True, {})
+    spec = check_spec(load_yaml(path, "spec"))
     if key is not None:
         if len(_CHECKED) > 256:
             _CHECKED.clear()

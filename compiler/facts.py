@@ -1,16 +1,15 @@
 """Model facts: a config.json flattened, plus the derived facts of ``specs/_model_facts.yaml``."""
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import formula as F
-from .check import field_name, schema_errors, schema_ok_key
+from .check import field_name, schema_errors
 from .errors import DefcError, DefcErrors, Location
-from .load import Located, cache_get, cache_put, display_path, load_yaml, read_text
+from .load import Located, display_path, load_yaml
 from .paths import MODEL_FACTS, SPECS_DIR
 
 
@@ -33,13 +32,9 @@ def _load_facts(specs_dir: str) -> FactsSpec:
         raise DefcError("specs folder not found", Location(display_path(specs_dir)))
     path = os.path.join(specs_dir, MODEL_FACTS)
     doc = load_yaml(path, "model facts")
-    # a text known to pass the schema (parse cache, as for specs) skips jsonschema
-    ok_key = schema_ok_key("model_facts.schema.json", hashlib.sha256(read_text(path).encode("utf-8")).digest())
-    if cache_get(ok_key) is None:
-        errs = schema_errors(doc, "model_facts.schema.json")
-        if errs:
-            raise DefcErrors(errs)
-        cache_put(ok_key, True, {})
+    errs = schema_errors(doc, "model_facts.schema.json")
+    if errs:
+        raise DefcErrors(errs)
     facts = []
     for name, alts in doc.data["facts"].items():
         alts = alts if isinstance(alts, list) else [alts]

@@ -25,12 +25,13 @@ class Located:
     ``positions`` may be given as the JSON text the parse cache keeps them in: they are needed only
     to report an error, so that text is parsed the first time they are asked for."""
 
-    __slots__ = ("file", "data", "_positions", "_positions_json")
+    __slots__ = ("file", "data", "_positions", "_positions_json", "digest")
 
     def __init__(self, file: str, data: Any, positions: Optional[Dict[Path, Tuple[int, int]]] = None,
                  positions_json: Optional[str] = None):
         self.file = file
         self.data = data
+        self.digest: Optional[str] = None     # sha256 of the text it was read from (load_yaml)
         self._positions = positions if positions is not None or positions_json is not None else {}
         self._positions_json = positions_json
 
@@ -216,14 +217,16 @@ def load_yaml(path: str, what: str = "YAML file") -> Located:
     """
     shown = display_path(path)
     text = read_text(path, what)
-    key = "yaml-" + CACHE_VERSION + "-" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    key = "yaml-" + CACHE_VERSION + "-" + digest
     hit = cache_get(key)
     if hit is not None:
-        return Located(shown, hit[0], positions_json=hit[1])
-    located = _parse_yaml(text, shown)
-    if not _json_exact(located.data):
-        return located   # not JSON-representable as is (e.g. integer keys): parse every time
-    cache_put(key, located.data, located.positions)
+        located = Located(shown, hit[0], positions_json=hit[1])
+    else:
+        located = _parse_yaml(text, shown)
+        if _json_exact(located.data):  # else (e.g. integer keys) parsed every time
+            cache_put(key, located.data, located.positions)
+    located.digest = digest
     return located
 
 

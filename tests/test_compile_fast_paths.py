@@ -345,3 +345,22 @@ def test_tojson_filter_refuses_what_json_refuses():
     from compiler.render import _tojson
     with pytest.raises(TypeError):
         _tojson({"x": object()})
+
+
+def test_a_text_that_passed_its_schema_is_not_validated_again(tmp_path, monkeypatch):
+    """schema_errors remembers (parse cache, by text digest) a text that passed; one that failed is
+    validated, and its errors reported, every time."""
+    from compiler import check, load
+    validated = []
+    real = check._validator
+    monkeypatch.setattr(check, "_validator", lambda name: validated.append(name) or real(name))
+    good = os.path.join(SPECS_DIR, "rmsnorm.yaml")
+    assert check.schema_errors(load.load_yaml(good), "spec.schema.json") == []
+    assert check.schema_errors(load.load_yaml(good), "spec.schema.json") == []
+    assert validated == ["spec.schema.json"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(open(good, encoding="utf-8").read().replace("family: rmsnorm", "family: rmsnorm\nbogus: 1", 1))
+    for _ in range(2):
+        errs = check.schema_errors(load.load_yaml(str(bad)), "spec.schema.json")
+        assert [e.field for e in errs] == ["bogus"]
+    assert validated == ["spec.schema.json"] * 3
