@@ -70,19 +70,13 @@ def models_from(args):
 
 
 def run(args) -> int:
-    from compiler.pipeline import compile_model, compile_models, write_planned, write_planned_many
+    from compiler.pipeline import compile_models, write_planned_many
     from compiler.write import WRITES
     models = models_from(args)
-    if len(models) > 1 or args.all_models:
-        opts = options_from(args)
-        results = compile_models(models, opts)
-        if not args.dry_run:
-            write_planned_many(results)
-    else:
-        opts = options_from(args, models[0] if models else None)
-        results = [compile_model(opts)]
-        if not args.dry_run:
-            write_planned(results[0])
+    opts = options_from(args, models[0] if len(models) == 1 else None)
+    results = compile_models(models or [None], opts)     # no --model: --config or --hf-repo-id names it
+    if not args.dry_run:
+        write_planned_many(results)
     reports = [_report(r) for r in results]
     if args.format == "json":
         from defc.output import emit_json

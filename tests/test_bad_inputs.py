@@ -171,9 +171,9 @@ def test_internal_errors_are_one_line_without_debug(tmp_path, monkeypatch, capsy
     """A bug (not bad input) is still one line, pointing at --debug; with --debug, the traceback."""
     import compiler.pipeline as P
 
-    def boom(opts):
+    def boom(models, opts):
         raise RuntimeError("simulated bug")
-    monkeypatch.setattr(P, "compile_model", boom)
+    monkeypatch.setattr(P, "compile_models", boom)
     monkeypatch.chdir(tmp_path)
     args = ["compile", "--model", "llama-3.1-8b", "--out", "out"]
     assert main(args) == 3
