@@ -282,13 +282,12 @@ def model_definitions(opts: CompileOptions, run: Optional[CompileRun] = None,
                     doc["tags"].append(t)
         _check_file_names(doc, insts[0])
         docs.append((doc, sorted({i.serving.label() for i in insts})))
-    texts = None        # the files' texts: made here for the cache, else when they are needed
+    md = ModelDefinitions(model, servings, notes, docs, by_name)
     # stored only if no spec or template changed while it was made (the key was worked out first)
     if cache_key is not None and result_cache.inputs_digest(paths, facts_file) == inputs \
             and result_cache.toolchain_digest(dirs) == toolchain:
-        texts = [dumps(doc) for doc, _ in docs]
-        result_cache.put(cache_key, docs, texts)
-    return ModelDefinitions(model, servings, notes, docs, by_name, texts=texts)
+        result_cache.put(cache_key, docs, md.make_texts().texts)
+    return md
 
 
 def _result(md: ModelDefinitions, planned: List[Planned]) -> CompileResult:
