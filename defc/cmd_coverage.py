@@ -12,7 +12,7 @@ def add_common(p) -> None:
     p.add_argument("--cookbook", metavar="DIR", help="sgl-cookbook clone (default: the bundled snapshot)")
     p.add_argument("--fi-registry", choices=["auto", "live", "bundled"], default="auto",
                    help="where to learn which FlashInfer APIs have trace templates: FlashInfer itself (live), "
-                        "the bundled list compiler/data/fi_trace_apis.json, or live when importable (auto)")
+                        "the bundled list authoring/data/fi_trace_apis.json, or live when importable (auto)")
 
 
 def register(sub) -> None:
@@ -32,7 +32,7 @@ def register(sub) -> None:
 
 
 def registry_for(args):
-    from compiler.coverage import registry
+    from authoring.coverage import registry
     return registry({"auto": None, "live": True, "bundled": False}[args.fi_registry])
 
 
@@ -54,7 +54,7 @@ def emit(text: str, path) -> None:
 
 def run(args) -> int:
     import json
-    from compiler import coverage as C
+    from authoring import coverage as C
     from compiler.paths import DEFAULT_OUT, SPECS_DIR
     from defc.output import comma_list
     if args.write_fi_api_list:

@@ -18,7 +18,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import json
-    from compiler import coverage as C
+    from authoring import coverage as C
     from compiler.paths import DEFAULT_OUT, SPECS_DIR
     from defc.cmd_coverage import emit, registry_for, report_problems
     from defc.output import comma_list

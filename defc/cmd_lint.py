@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from compiler.lint import lint
+    from authoring.lint import lint
     from compiler.paths import SPECS_DIR
     from defc.output import comma_list
     problems = lint(args.specs, specs_dir=args.specs_dir or SPECS_DIR, extra_templates=args.templates,

@@ -20,7 +20,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from compiler.load import display_path
     from compiler.paths import SPECS_DIR, TEMPLATES_DIR
-    from compiler.scaffold import scaffold
+    from authoring.scaffold import scaffold
     specs_dir = args.specs_dir or SPECS_DIR
     templates_dir = args.templates_dir or TEMPLATES_DIR
     sc = scaffold(args.name, specs_dir, templates_dir, args.from_fi_api, write=not args.dry_run)

@@ -28,7 +28,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import os
     from compiler.paths import DEFAULT_OUT
-    from compiler.validate import DEFAULT_MAX_NUMEL, validate_dataset, write_report
+    from authoring.validate import DEFAULT_MAX_NUMEL, validate_dataset, write_report
     from defc.output import comma_list
     root = args.dataset or DEFAULT_OUT
     report = validate_dataset(root, run_references=args.run_references, op_types=comma_list(args.op_types),

@@ -6,7 +6,7 @@ For every definition ``defc compile`` would emit for a model (nothing is written
    consistent indptr / page indices / last-page lengths / positions / page tables, other tensors
    come from named builders (uniform, normal, fill, randint, softmax, bytes; fp8 by casting, scales
    positive); whatever the spec's ``verify:`` block does not say comes from defaults
-   (``runners/verify.yaml``) and ``compiler.validate.choose_axes``;
+   (``runners/verify.yaml``) and ``authoring.validate.choose_axes``;
 2. the definition's own ``reference`` (the text of the emitted JSON, exactly what users get) runs on
    them;
 3. the other side:
@@ -45,7 +45,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from compiler import formula as F
 from compiler.errors import DefcError
 from compiler.load import load_safe_yaml
-from compiler.validate import numel
+from authoring.validate import numel
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "verify.yaml")
 VERIFY_KEYS = {"vars", "sequences", "inputs", "kernel", "template", "tolerance", "differences", "seed", "note",
@@ -364,7 +364,7 @@ def build_case(defn: Dict[str, Any], inst, vb: Dict[str, Any], seed: int, cfg: D
                limit: Optional[int] = None, where: str = "") -> Case:
     """Axis values and input tensors for one definition."""
     import torch
-    from compiler.validate import _Unsolvable, choose_axes
+    from authoring.validate import Unsolvable, choose_axes
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     axes = defn.get("axes") or {}
@@ -420,7 +420,7 @@ def build_case(defn: Dict[str, Any], inst, vb: Dict[str, Any], seed: int, cfg: D
     d2 = dict(defn)
     try:
         vals, indptrs = choose_axes(d2, rng, preset=preset, given=given)
-    except _Unsolvable as e:
+    except Unsolvable as e:
         raise RecipeError(f"cannot size the axes: {e}") from None
     for k, v in vals.items():
         if k not in values:

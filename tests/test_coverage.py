@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from compiler import coverage as C
+from authoring import coverage as C
 from compiler.models import catalogue_slugs
 from conftest import ROOT
 from defc.cli import main

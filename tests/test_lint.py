@@ -4,7 +4,7 @@ import shutil
 
 from conftest import ROOT
 
-from compiler.lint import lint, tag_problem
+from authoring.lint import lint, tag_problem
 from compiler.load import display_path
 from defc.cli import main
 
@@ -217,7 +217,7 @@ def test_tag_rules():
 
 
 def test_dump_difference_patterns_and_names(tmp_path):
-    from compiler.lint import dump_difference_problems
+    from authoring.lint import dump_difference_problems
     from compiler.load import load_yaml
     p = tmp_path / "dd.yaml"
     p.write_text("family: demo\n"

@@ -4,7 +4,7 @@ Without ``--from-fi-api`` the spec is a small working example (one var and one c
 input and an output, a copy as the reference) to edit.  With ``--from-fi-api API`` it comes from
 FlashInfer's ``TraceTemplate``(s) registered for that API: op_type, name pattern (the dumper's
 ``prefix_{abbrev}{axis}…``), axes (var/const; const values from config fields, facts or
-``compiler/data/axis_hints.yaml``, else a TODO sweep), inputs and outputs with dtypes, constraints,
+``authoring/data/axis_hints.yaml``, else a TODO sweep), inputs and outputs with dtypes, constraints,
 tags and ``fi_api``; a var axis that only an output uses and a constraint pins to const axes becomes
 const.  The reference template asserts the const axes and raises NotImplementedError until written.
 FlashInfer is imported only here.
@@ -19,10 +19,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .check import DTYPES, IDENT
-from .errors import DefcError, Location
-from .load import display_path, load_safe_yaml
-from .paths import MODEL_FACTS, SPECS_DIR, TEMPLATES_DIR
+from compiler.check import DTYPES, IDENT
+from compiler.errors import DefcError, Location
+from compiler.load import display_path, load_safe_yaml
+from compiler.paths import MODEL_FACTS, SPECS_DIR, TEMPLATES_DIR
+
+from .lint import tag_problem, universe
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 HINTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "axis_hints.yaml")
@@ -137,7 +139,7 @@ def _import_for(api: str):
 
 
 def _resolve(api: str):
-    from .dotted import resolve
+    from compiler.dotted import resolve
     return resolve(api)
 
 
@@ -189,8 +191,7 @@ def _hints() -> Dict[str, dict]:
 
 
 def _known_symbols(specs_dir: str) -> set:
-    from .lint import universe
-    from .load import load_yaml
+    from compiler.load import load_yaml
     path = os.path.join(specs_dir, MODEL_FACTS)
     try:
         doc = load_yaml(path, "model facts")
@@ -203,7 +204,7 @@ def _solve_from_constraints(axis: str, consts: Sequence[str], constraints: Seque
     """A formula over const axes for ``axis`` when an equality constraint pins it."""
     import ast
     import sympy
-    from . import formula as F
+    from compiler import formula as F
     for c in constraints:
         try:
             tree = ast.parse(str(c), mode="eval").body
@@ -319,7 +320,7 @@ def _definition_from_template(api: str, tmpl, label: str, family: str, known: se
             formula = str(value)
         elif hint and "value" in hint:
             formula = str(hint["value"])
-            from . import formula as F
+            from compiler import formula as F
             try:
                 guards.extend(s for s in F.parse(formula).symbols if s not in ("tp", "ep", "dp", "attn_dp"))
             except F.FormulaError:
@@ -351,7 +352,6 @@ def _definition_from_template(api: str, tmpl, label: str, family: str, known: se
         parts.append(f"{ab if ab is not None else k}{{{k}}}")
     name = "_".join([prefix] + parts)
     tags = [t for t in (getattr(tmpl, "tags", None) or []) if not str(t).startswith(("status:", "fi_api:", "model:"))]
-    from .lint import tag_problem
     bad_tags = [t for t in tags if tag_problem(t)]
     tags = [t for t in tags if t not in bad_tags]
     if bad_tags:
@@ -461,7 +461,7 @@ def scaffold(name: str, specs_dir: str = SPECS_DIR, templates_dir: str = TEMPLAT
     ref_paths = [os.path.join(templates_dir, r) for r in refs]
     _refuse_existing([spec_path] + ref_paths)
     if write:
-        from .write import atomic_write_text
+        from compiler.write import atomic_write_text
         for p, text in zip([spec_path] + ref_paths, [spec_text] + texts):
             atomic_write_text(p, text)
     return Scaffold(spec_path, ref_paths, spec_text, texts, notes)

@@ -4,7 +4,7 @@
 returns, per model, the planned definitions (each with its dataset status: ``new`` = missing).  A
 missing definition can come from a trace pass when its spec's ``fi_api`` has a FlashInfer trace
 template (checked against FlashInfer's registry when ``flashinfer`` is importable, else against the
-bundled list ``compiler/data/fi_trace_apis.json`` that ``defc coverage --write-fi-api-list``
+bundled list ``authoring/data/fi_trace_apis.json`` that ``defc coverage --write-fi-api-list``
 regenerates); otherwise it must be compiled (Path B).
 
 ``matrix(...)`` counts definitions per family per model (``defc coverage --matrix``, which generates
@@ -21,9 +21,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .errors import DefcError, DefcErrors
-from .load import display_path
-from .paths import SPECS_DIR
+from compiler.errors import DefcError, DefcErrors
+from compiler.load import display_path
+from compiler.paths import SPECS_DIR
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 BUNDLED_APIS = os.path.join(DATA_DIR, "fi_trace_apis.json")
@@ -37,8 +37,8 @@ NOWHERE = os.path.join(os.sep, "nonexistent-defc-dataset")   # an out folder tha
 @contextlib.contextmanager
 def cached_inputs() -> Iterator[None]:
     """Within the block, spec files and cookbook data are read once (keyed by path and mtime)."""
-    from . import pipeline, serving
-    from .check import load_spec
+    from compiler import pipeline, serving
+    from compiler.check import load_spec
     spec_cache: Dict[Tuple[str, float], Any] = {}
     snap_cache: Dict[Tuple[str, float], Any] = {}
     book_cache: Dict[str, Any] = {}
@@ -71,7 +71,7 @@ def cached_inputs() -> Iterator[None]:
             book_cache[k] = orig_read(root)
         return book_cache[k]
 
-    from . import models
+    from compiler import models
     entry_cache: Dict[Tuple[str, float], Any] = {}
     orig_entry = models.load_catalogue_entry
 
@@ -94,8 +94,8 @@ def cached_inputs() -> Iterator[None]:
 
 def usable_specs(specs: Sequence[str] = (), specs_dir: str = SPECS_DIR) -> Tuple[List[str], List[DefcError]]:
     """Spec paths that load and check cleanly, and the problems of those that do not."""
-    from .check import load_spec
-    from .pipeline import spec_paths
+    from compiler.check import load_spec
+    from compiler.pipeline import spec_paths
     good, bad = [], []
     for p in spec_paths(list(specs), specs_dir):
         try:
@@ -141,8 +141,8 @@ def predict(models: Optional[Sequence[str]] = None, specs: Sequence[str] = (), s
             template_dirs: Sequence[str] = (), dataset: str = NOWHERE, cookbook: Optional[str] = None,
             quantization: Optional[List[str]] = None) -> Tuple[List[ModelPrediction], List[DefcError]]:
     """Compile every model (default: the catalogue) in memory; problems come back, nothing is raised."""
-    from .models import catalogue_slugs
-    from .pipeline import CompileOptions, compile_model
+    from compiler.models import catalogue_slugs
+    from compiler.pipeline import CompileOptions, compile_model
     good, problems = usable_specs(specs, specs_dir)
     slugs = list(models) if models else catalogue_slugs()
     out: List[ModelPrediction] = []
@@ -305,7 +305,7 @@ def live_registry() -> TraceRegistry:
 
 def resolves(api: str) -> bool:
     """Whether a dotted FlashInfer name imports (flashinfer must be importable)."""
-    from .dotted import resolve
+    from compiler.dotted import resolve
     return resolve(api) is not None
 
 
@@ -326,7 +326,7 @@ def registry(live: Optional[bool] = None) -> TraceRegistry:
 
 
 def write_bundled(path: str = BUNDLED_APIS) -> TraceRegistry:
-    from .write import atomic_write_text
+    from compiler.write import atomic_write_text
     reg = live_registry()
     data = {"generated_by": "defc coverage --write-fi-api-list", "flashinfer": reg.source.replace(" (live)", ""),
             "traced": reg.traced, "untraced": reg.untraced}

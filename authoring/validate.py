@@ -27,10 +27,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .check import DTYPES
-from .errors import DefcError, Location
+from compiler.check import DTYPES
+from compiler.errors import DefcError, Location
+from compiler.load import display_path, load_yaml
+
 from .lint import fib_definition_error, has_top_level_run, tag_problem
-from .load import display_path, load_yaml
 
 INT_DTYPES = ("int64", "int32", "int16", "int8")
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1")
@@ -223,7 +224,7 @@ def _static(doc: _Doc, op_dir: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # running references
 
-class _Unsolvable(Exception):
+class Unsolvable(Exception):
     pass
 
 
@@ -242,7 +243,7 @@ def _indptr_last(node, inputs) -> Optional[str]:
 
 def _axis_expr(node, text: str, axes):
     """A sympy expression when the node is arithmetic over axis names, else None."""
-    from . import formula as F
+    from compiler import formula as F
     for sub in ast.walk(node):
         if isinstance(sub, ast.Name) and sub.id not in axes:
             return None
@@ -303,7 +304,7 @@ def choose_axes(defn: dict, rng: random.Random, preset: Optional[Dict[str, int]]
             if len(unknown) == 1 and unknown[0].name in var:
                 sols = [s for s in sympy.solve(expr, unknown[0]) if s.is_integer and s > 0]
                 if not sols:
-                    raise _Unsolvable(f"no positive integer {unknown[0].name} satisfies {le} == {re_} "
+                    raise Unsolvable(f"no positive integer {unknown[0].name} satisfies {le} == {re_} "
                                       f"with {', '.join(f'{k}={v}' for k, v in values.items())}")
                 values[unknown[0].name] = int(sols[0])
                 progress = True
@@ -316,7 +317,7 @@ def choose_axes(defn: dict, rng: random.Random, preset: Optional[Dict[str, int]]
             if t not in indptrs:
                 n = values[shape[0]]
                 if n < 1:
-                    raise _Unsolvable(f"'{t}' has length {n}")
+                    raise Unsolvable(f"'{t}' has length {n}")
                 seq = [0]
                 for _ in range(n - 1):
                     seq.append(seq[-1] + rng.randint(1, 3))
@@ -331,10 +332,10 @@ def choose_axes(defn: dict, rng: random.Random, preset: Optional[Dict[str, int]]
         values[pending[0]] = next(defaults)
     missing = [k for k in var if k not in values]
     if missing:
-        raise _Unsolvable(f"cannot choose values for var axes {', '.join(missing)}")
+        raise Unsolvable(f"cannot choose values for var axes {', '.join(missing)}")
     for le, re_ in equations:
         if (le - re_).subs({sympy.Symbol(k): v for k, v in values.items()}) != 0:
-            raise _Unsolvable(f"constraint {le} == {re_} does not hold for the chosen values")
+            raise Unsolvable(f"constraint {le} == {re_} does not hold for the chosen values")
     return values, indptrs
 
 
@@ -395,7 +396,7 @@ def _attempt(defn: dict, seed: int, max_numel: int):
     rng = random.Random(seed)
     try:
         values, indptrs = choose_axes(defn, rng)
-    except _Unsolvable as e:
+    except Unsolvable as e:
         return ("skip", ("constraints",), f"reference not run: {e}")
     n = numel(defn, values)
     if n > max_numel:
@@ -550,7 +551,7 @@ def report_text(report: Report, run_references: bool) -> str:
 
 def write_report(report: Report, run_references: bool, report_dir: str) -> str:
     """Write report-YYYYMMDD-HHMMSS.{txt,json}; never over an existing file."""
-    from .write import atomic_write_text
+    from compiler.write import atomic_write_text
     os.makedirs(report_dir, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = os.path.join(report_dir, f"report-{stamp}")
