@@ -25,10 +25,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from compiler.predictions import compile_predictions
     from compiler.serving import parse_int_list
     from defc.output import comma_list, emit_json, table
     from runners.common import find_dump_sets
-    from runners.diff import compile_predictions, describe_diff, diff
+    from runners.diff import describe_diff, diff
     sets = []
     for path in args.paths:
         sets.extend(find_dump_sets(path, args.model))

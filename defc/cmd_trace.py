@@ -98,7 +98,7 @@ def run(args) -> int:
         plans = T.plan_passes(info.slug, combos, page_sizes, dumps, "sglang", quant, model_path,
                               _engine_extra(args.engine_arg), explicit_quant=bool(explicit_q))
     else:
-        from runners.diff import compile_predictions
+        from compiler.predictions import compile_predictions
         from defc.output import comma_list
         specs = comma_list(args.specs) or ()
         for tp, ep in combos:

@@ -18,7 +18,6 @@ import fnmatch
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -526,15 +525,6 @@ class Explainer:
                 return "unexplained", f"SGLang calls it ({r.name}), but the pass dumped nothing for it"
             return "unexplained", "not dumped; the routing table has no rule for this API"
         return "unexplained", "not dumped"
-
-
-def compile_predictions(model: str, tp, ep, quantization, specs: Sequence[str] = (), config=None,
-                        hf_repo_id=None):
-    from compiler.pipeline import CompileOptions, compile_model
-    nowhere = os.path.join(tempfile.gettempdir(), f"defc-diff-nowhere-{os.getpid()}-does-not-exist")
-    opts = CompileOptions(model=model, specs=list(specs), tp=tp, ep=ep, quantization=quantization, out=nowhere,
-                          config=config, hf_repo_id=hf_repo_id)
-    return compile_model(opts)
 
 
 def diff(result, sets: Sequence[DumpSet]) -> Report:

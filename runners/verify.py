@@ -45,6 +45,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from compiler import formula as F
 from compiler.errors import DefcError
 from compiler.load import load_safe_yaml
+from compiler.predictions import compile_predictions
 from authoring.validate import numel
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "verify.yaml")
@@ -1296,12 +1297,8 @@ class VerifyOptions:
 
 def compile_for(opts: VerifyOptions):
     """The definitions defc compile would emit (nothing written): [(doc, instance)] in compile order."""
-    import tempfile
-    from compiler.pipeline import CompileOptions, compile_model
-    out = os.path.join(tempfile.gettempdir(), "defc-verify-nowhere")
-    r = compile_model(CompileOptions(model=opts.model, tp=opts.tp, ep=opts.ep, dp=opts.dp,
-                                     quantization=opts.quantization, op_types=opts.op_types,
-                                     specs=list(opts.specs), out=out, skip_existing=False))
+    r = compile_predictions(opts.model, opts.tp, opts.ep, opts.quantization, opts.specs, dp=opts.dp,
+                            op_types=opts.op_types)
     items = []
     for p in r.planned:
         name = p.doc["name"]

@@ -49,7 +49,7 @@ def child(request_path: str) -> int:
         print("[defc verify_dump] no CUDA GPU is visible", flush=True)
         return 4
     from . import verify as V
-    from .diff import compile_predictions
+    from compiler.predictions import compile_predictions
     cfg = V.defaults()
     result = compile_predictions(req["model"], [req["tp"]], [req["ep"]], req.get("quantization"),
                                  req.get("specs") or ())

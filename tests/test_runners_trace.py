@@ -217,7 +217,8 @@ def test_bad_recipes_are_one_line_located_errors(tmp_path, monkeypatch, trace, e
 def test_every_spec_recipe_replays_into_a_definition_that_pairs_up(model, tp):
     """Every trace: recipe in specs/ (today rmsnorm's; the other families' as they add theirs) must
     call its API, give a dump that stages into a valid Definition, and pair with its prediction."""
-    from runners.diff import Observed, Prediction, Report, compile_predictions, reconcile
+    from compiler.predictions import compile_predictions
+    from runners.diff import Observed, Prediction, Report, reconcile
     from runners.recipes import calls_for
     from runners.replay import trace_call
     from runners.stage import normalise, validate
@@ -243,7 +244,8 @@ def test_quantized_recipes_replay_and_pair_up(model, tp, ep):
     definition both run) call their API and pair with their prediction.  The packed FP4 / MX scale
     tensors the APIs take are uint8, which flashinfer-bench's Definition has no dtype for, so the
     only validation problem allowed is a uint8 dtype."""
-    from runners.diff import Observed, Prediction, Report, compile_predictions, reconcile
+    from compiler.predictions import compile_predictions
+    from runners.diff import Observed, Prediction, Report, reconcile
     from runners.recipes import calls_for
     from runners.replay import trace_call
     from runners.stage import normalise, validate

@@ -335,7 +335,8 @@ def test_flashinfer_backend_dump_pass_on_cpu(tmp_path):
     assert all(r["kernel"].startswith("failed") for r in marker["definitions"])   # no CUDA here
     # defc diff reads the pass unchanged
     from runners.common import find_dump_sets
-    from runners.diff import compile_predictions, diff
+    from compiler.predictions import compile_predictions
+    from runners.diff import diff
     rep = diff(compile_predictions("llama-3.1-8b", [1], [1], None, ("rmsnorm",)), find_dump_sets(p.folder))
     assert {r["status"] for r in rep.rows if r["predicted"]} <= {"matched", "renamed"}
 
