@@ -161,7 +161,8 @@ def worker_fi_trace(out: str) -> dict:
     folder = os.path.join(out, "dumps")
     os.makedirs(folder)
     t0 = time.perf_counter()
-    from runners.replay import import_flashinfer, trace_call
+    from runners.flashinfer_api import import_flashinfer
+    from runners.replay import trace_call
     from compiler.write import atomic_write_text
     import_flashinfer()
     t_import = time.perf_counter() - t0

@@ -140,9 +140,9 @@ def run(args) -> int:
                                     sampling_params=dict(cfg.get("sampling_params") or {}),
                                     grace=float(cfg.get("kill_grace_s") or 10), progress=progress, index=idx)
         elif p.backend == "flashinfer":
-            from runners.replay import FlashInferBackend
-            res = FlashInferBackend().run_pass(p, info.slug, explicit_q, comma_list(args.specs) or (),
-                                               float(args.timeout or 1800), progress, idx)
+            from runners.verify_dump import run_flashinfer_pass
+            res = run_flashinfer_pass(p, info.slug, explicit_q, comma_list(args.specs) or (),
+                                      float(args.timeout or 1800), progress, idx)
         else:
             res = T.run_replay_pass(p, info.slug, compiled[(p.tp, p.ep)].instances, progress, idx)
         progress.done(f"{idx}{p.label()}: {res.status}, {res.dumps} dump(s) in {display_path(p.folder)} "

@@ -26,6 +26,7 @@ from compiler.errors import DefcError
 from compiler.load import display_path, load_safe_yaml, load_yaml
 
 from .common import DumpSet, data_file
+from .flashinfer_api import import_flashinfer, resolve_api
 from .stage import normalise
 
 ROUTING = data_file("sglang_routing.yaml")
@@ -474,14 +475,12 @@ class Explainer:
     def _has_template(self, api: str) -> Optional[bool]:
         if self._fi_ok is None:
             try:
-                from .replay import import_flashinfer
                 import_flashinfer()
                 self._fi_ok = True
             except DefcError:
                 self._fi_ok = False
         if not self._fi_ok:
             return None
-        from .recipes import resolve_api
         try:
             return hasattr(resolve_api(api), "fi_trace")
         except DefcError:

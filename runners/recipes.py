@@ -292,22 +292,6 @@ def materialize(value: Any, device: str = "meta", make: Optional[Callable[[Tenso
     return value
 
 
-def resolve_api(path: str):
-    """'flashinfer.norm.rmsnorm' or 'flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper.run'.
-
-    A class resolves to its ``run`` (the traced method of FlashInfer's wrappers)."""
-    import inspect
-    from compiler.dotted import DottedNameError, locate
-    try:
-        obj = locate(path)[1]
-    except DottedNameError as e:
-        msg = str(e)
-        raise DefcError(f"FlashInfer has {msg}" if msg.startswith("no '") else msg) from None
-    if inspect.isclass(obj) and hasattr(obj, "run"):
-        obj = getattr(obj, "run")
-    return obj
-
-
 def bind_like_dumper(api_obj, kwargs: Dict[str, Any], defaults: bool) -> Dict[str, Any]:
     """The keyword arguments FlashInfer's auto-dump would hand its template: the call's own
     arguments plus, with ``defaults``, every signature default (which ``.fi_trace()`` alone

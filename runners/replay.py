@@ -5,10 +5,8 @@ the decorated API's ``.fi_trace()`` is called with meta tensors of the compiled 
 API's signature defaults bound, as the real auto-dump does), and the JSON FlashInfer's template
 produces is written into the pass folder under the template's own name, first call wins —
 the same layout and the same content a real ``FLASHINFER_TRACE_DUMP=1`` pass would give for
-those shapes.
-
-``FlashInferBackend`` is the hook for ``--backend flashinfer`` (issue 8): the same recipes with
-real device tensors, calling the API itself under ``FLASHINFER_TRACE_DUMP=1``.
+those shapes.  ``--backend flashinfer`` (real device tensors, the API itself called under
+``FLASHINFER_TRACE_DUMP=1``) is runners/verify_dump.py.
 """
 from __future__ import annotations
 
@@ -20,7 +18,8 @@ from typing import Any, Callable, Dict, List, Optional
 from compiler.errors import DefcError
 from compiler.write import atomic_write_text, check_component
 
-from .recipes import Call, NoRecipe, bind_like_dumper, calls_for, materialize, resolve_api
+from .flashinfer_api import NoDumpEnv, import_flashinfer, resolve_api
+from .recipes import Call, NoRecipe, bind_like_dumper, calls_for, materialize
 
 
 @dataclass
@@ -36,33 +35,6 @@ class ReplayRecord:
         return {k: v for k, v in self.__dict__.items() if v != ""}
 
 
-def import_flashinfer():
-    try:
-        import flashinfer  # noqa: F401  (registers the decorated APIs and their templates)
-    except ImportError as e:
-        raise DefcError(f"--backend replay needs flashinfer-python (and torch) in this environment: {e}") from None
-    import importlib
-    for mod in ("flashinfer.gdn_decode", "flashinfer.gdn_prefill"):   # register late-loading templates
-        try:
-            importlib.import_module(mod)
-        except Exception:
-            pass
-
-
-class _NoDumpEnv:
-    """.fi_trace() writes into $FLASHINFER_TRACE_DUMP_DIR whenever it is set: unset it meanwhile."""
-
-    KEYS = ("FLASHINFER_TRACE_DUMP_DIR", "FLASHINFER_TRACE_DUMP")
-
-    def __enter__(self):
-        self.saved = {k: os.environ.pop(k) for k in self.KEYS if k in os.environ}
-        return self
-
-    def __exit__(self, *exc):
-        os.environ.update(self.saved)
-        return False
-
-
 def trace_call(call: Call, device: str = "meta") -> Dict[str, Any]:
     api = resolve_api(call.api)
     fn = getattr(api, "fi_trace", None)
@@ -70,7 +42,7 @@ def trace_call(call: Call, device: str = "meta") -> Dict[str, Any]:
         raise DefcError(f"{call.api} has no FlashInfer trace template (.fi_trace)")
     kwargs = {k: materialize(v, device) for k, v in call.kwargs.items()}
     kwargs = bind_like_dumper(api, kwargs, call.defaults)
-    with _NoDumpEnv():
+    with NoDumpEnv():
         doc = fn(**kwargs)
     if not isinstance(doc, dict) or not doc.get("name"):
         raise DefcError(f"{call.api}.fi_trace returned no definition for these arguments")
@@ -124,21 +96,3 @@ def replay(instances: Dict[str, List[Any]], folder: str, page_size: Optional[int
                 progress(f"{name} -> {dn}")
             records.append(r)
     return records
-
-
-class FlashInferBackend:
-    """``--backend flashinfer`` (issue 8): real kernel calls under FLASHINFER_TRACE_DUMP=1.
-
-    A child process whose environment sets FLASHINFER_TRACE_DUMP=1 and FLASHINFER_TRACE_DUMP_DIR
-    before flashinfer is imported builds each definition's inputs as ``defc verify`` does (valid
-    index data: indptr ramps, in-range page ids) and calls the API, a wrapper constructed and planned
-    as the spec's ``verify.kernel`` block says; the dumper writes the JSON before the kernel runs, so a
-    kernel failure still leaves the dump (runners/verify_dump.py).
-    """
-
-    name = "flashinfer"
-
-    def run_pass(self, p, model: str, quantization=None, specs=(), timeout: float = 1800.0, progress=None,
-                 index: str = ""):
-        from .verify_dump import run_flashinfer_pass
-        return run_flashinfer_pass(p, model, quantization, specs, timeout, progress, index)

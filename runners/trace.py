@@ -6,7 +6,8 @@ Backends:
                   before anything imports flashinfer or sglang.  Needs a CUDA GPU and sglang.
   ``replay``      no GPU: FlashInfer's templates via ``.fi_trace()`` on meta tensors for every
                   compiled definition with an fi_api and a trace: recipe (runners/replay.py).
-  ``flashinfer``  real kernel calls with the compiled shapes (issue 8; a hook only).
+  ``flashinfer``  real kernel calls with the compiled shapes, dumped by FlashInfer's own dumper
+                  (runners/verify_dump.py).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from compiler.paths import PROJECT_ROOT
 
 from .common import (LOG, MARKER, PHASE, REQUEST, data_file, now, pass_folder_name, prepare_pass_folder,
                      read_marker, write_json)
+from .replay import replay
 
 SGLANG_CONFIG = data_file("sglang.yaml")
 EXIT_MESSAGES = {
@@ -104,7 +106,7 @@ def plan_passes(slug: str, combos: Sequence[tuple], page_sizes: Sequence[int], d
     return out
 
 
-def _count_dumps(folder: str) -> int:
+def count_dumps(folder: str) -> int:
     try:
         return sum(1 for e in os.listdir(folder) if e.endswith(".json") and not e.startswith("_"))
     except OSError:
@@ -252,7 +254,7 @@ def run_sglang_pass(p: PassPlan, model: str, *, python: str, timeout: float, che
     write_json(req_path, request)
     header = f"# defc trace {p.label()} {now()}: {python} -m runners.sglang_pass {req_path}\n"
     describe = lambda elapsed: (f"{index}{p.label()}  {_read_phase(folder) or 'starting'}  "
-                                f"{int(elapsed)}s  {_count_dumps(folder)} dumps")
+                                f"{int(elapsed)}s  {count_dumps(folder)} dumps")
     status, detail, rc, log_path = run_pass_process(
         folder, "runners.sglang_pass", req_path, python, timeout, grace, marker, started,
         progress=progress, describe=describe, header=header,
@@ -274,7 +276,7 @@ def run_sglang_pass(p: PassPlan, model: str, *, python: str, timeout: float, che
     if status in ("timeout", "failed") and phase in COMPLETE_PHASES:
         detail += f"; generation had finished (phase '{phase}'), so its dumps are complete"
         status = "partial"
-    dumps = _count_dumps(folder)
+    dumps = count_dumps(folder)
     marker.update({"status": status, "detail": detail, "phase": phase, "exit_code": rc,
                    "seconds": round(seconds, 1), "dumps": dumps, "finished": now(), "log": LOG})
     write_json(os.path.join(folder, MARKER), marker)
@@ -296,7 +298,6 @@ def _log_tail(path: str) -> str:
 
 def run_replay_pass(p: PassPlan, model: str, instances: Dict[str, List[Any]],
                     progress: Optional[Progress] = None, index: str = "") -> PassResult:
-    from .replay import replay
     folder, started, marker = start_pass(p, model, progress, index)
     cb = (lambda s: progress.update(f"{index}{p.label()}  {s}")) if progress else None
     try:
@@ -311,9 +312,9 @@ def run_replay_pass(p: PassPlan, model: str, instances: Dict[str, List[Any]],
     if failed:
         detail = f"{len(failed)} call(s) failed: " + "; ".join(f"{r.definition}: {r.detail}" for r in failed[:3])
     marker.update({"status": status, "detail": detail, "finished": now(), "seconds": round(time.time() - started, 2),
-                   "dumps": _count_dumps(folder), "definitions": [r.as_dict() for r in records]})
+                   "dumps": count_dumps(folder), "definitions": [r.as_dict() for r in records]})
     write_json(os.path.join(folder, MARKER), marker)
-    return PassResult(p, status, detail, "done", _count_dumps(folder), time.time() - started, records)
+    return PassResult(p, status, detail, "done", count_dumps(folder), time.time() - started, records)
 
 
 def previous_status(folder: str) -> Optional[str]:

@@ -48,6 +48,8 @@ from compiler.load import load_safe_yaml
 from compiler.predictions import compile_predictions
 from authoring.validate import numel
 
+from .flashinfer_api import NoDumpEnv, import_flashinfer, resolve_api
+
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "verify.yaml")
 VERIFY_KEYS = {"vars", "sequences", "inputs", "kernel", "template", "tolerance", "differences", "seed", "note",
                "notes", "skip"}
@@ -806,8 +808,6 @@ def _arg_after_call(args: Dict[str, Any], path: str, what: str):
 
 def template_reference(kb_args: Dict[str, Any], api: str) -> Tuple[Dict[str, Any], Callable]:
     """FlashInfer's template for this call (via .fi_trace) and its reference function."""
-    from .replay import _NoDumpEnv, import_flashinfer
-    from .recipes import resolve_api
     import_flashinfer()
     try:
         fn = resolve_api(api)
@@ -816,7 +816,7 @@ def template_reference(kb_args: Dict[str, Any], api: str) -> Tuple[Dict[str, Any
     tr = getattr(fn, "fi_trace", None)
     if tr is None:
         raise NotRun(f"{api} has no FlashInfer trace template (.fi_trace)")
-    with _NoDumpEnv():
+    with NoDumpEnv():
         try:
             doc = tr(**kb_args)
         except Exception as e:

@@ -1,7 +1,7 @@
 """``defc trace --backend flashinfer``: real FlashInfer kernel calls with the compiled shapes, dumped by
 FlashInfer's own dumper (``FLASHINFER_TRACE_DUMP=1``) into the usual pass-folder layout.
 
-The parent (:func:`run_flashinfer_pass`, reached through ``runners.replay.FlashInferBackend``) prepares
+The parent (:func:`run_flashinfer_pass`, which ``defc trace --backend flashinfer`` calls) prepares
 the pass folder and starts ``python -m runners.verify_dump REQUEST.json`` with the dump variables already
 in its environment (so they exist before anything imports flashinfer).  The child compiles the model
 at the pass's TP/EP, and for every definition with an fi_api at the pass's page size builds the same
@@ -21,7 +21,8 @@ from typing import Any, Dict, List, Optional
 
 from compiler.paths import PROJECT_ROOT
 
-from .common import LOG, REQUEST
+from .common import LOG, MARKER, REQUEST, now, write_json
+from .trace import PassResult, count_dumps, run_pass_process, start_pass
 
 RECORDS = "_defc_records.json"
 
@@ -115,15 +116,13 @@ def child(request_path: str) -> int:
 def run_flashinfer_pass(p, model: str, quantization: Optional[str], specs=(), timeout: float = 1800.0,
                         progress=None, index: str = "", device: str = "cuda"):
     """One pass: the child under FLASHINFER_TRACE_DUMP=1, then the marker (with per-definition records)."""
-    from .common import MARKER, now, write_json
-    from .trace import PassResult, _count_dumps, run_pass_process, start_pass
     folder, started, marker = start_pass(p, model, progress, index)
     req = {"folder": folder, "model": model, "tp": p.tp, "ep": p.ep, "page_size": p.page_size,
            "quantization": [quantization] if quantization else None, "specs": list(specs),
            "device": device}
     req_path = os.path.join(folder, REQUEST)
     write_json(req_path, req)
-    describe = lambda elapsed: f"{index}{p.label()}  flashinfer  {int(elapsed)}s  {_count_dumps(folder)} dumps"
+    describe = lambda elapsed: f"{index}{p.label()}  flashinfer  {int(elapsed)}s  {count_dumps(folder)} dumps"
     status, detail, rc, log_path = run_pass_process(
         folder, "runners.verify_dump", req_path, sys.executable, timeout, 10.0, marker, started,
         progress=progress, describe=describe, cwd=PROJECT_ROOT)
@@ -149,7 +148,7 @@ def run_flashinfer_pass(p, model: str, quantization: Optional[str], specs=(), ti
     if failed and not detail:
         detail = f"{len(failed)} call(s) failed: " + "; ".join(f"{r['definition']}: {r.get('detail', '')}"
                                                              for r in failed[:3])
-    dumps = _count_dumps(folder)
+    dumps = count_dumps(folder)
     marker.update({"status": status, "detail": detail, "exit_code": rc, "seconds": round(time.time() - started, 1),
                    "dumps": dumps, "finished": now(), "log": LOG, "definitions": records})
     write_json(os.path.join(folder, MARKER), marker)

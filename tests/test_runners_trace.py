@@ -145,7 +145,8 @@ def test_replay_backend_writes_what_the_real_dumper_writes(stand_in, capsys):
 
 def test_recipes_evaluate_and_bind_defaults(tmp_path):
     from compiler.pipeline import CompileOptions, compile_model
-    from runners.recipes import SeqArg, TensorArg, bind_like_dumper, calls_for, resolve_api
+    from runners.flashinfer_api import resolve_api
+    from runners.recipes import SeqArg, TensorArg, bind_like_dumper, calls_for
     spec = tmp_path / "toy.yaml"
     spec.write_text(open(os.path.join(HERE, "..", "specs", "rmsnorm.yaml")).read().split("definitions:")[0]
                     .replace("family: rmsnorm", "family: toy") + """definitions:
@@ -194,7 +195,8 @@ def test_recipes_evaluate_and_bind_defaults(tmp_path):
 def test_bad_recipes_are_one_line_located_errors(tmp_path, monkeypatch, trace, expect):
     from compiler.errors import DefcError
     from compiler.pipeline import CompileOptions, compile_model
-    from runners.recipes import bind_like_dumper, calls_for, materialize, resolve_api
+    from runners.flashinfer_api import resolve_api
+    from runners.recipes import bind_like_dumper, calls_for, materialize
     monkeypatch.chdir(tmp_path)
     text = open(os.path.join(HERE, "..", "specs", "rmsnorm.yaml")).read()
     first = text.index("    trace:")
