@@ -53,8 +53,10 @@ def _command(args) -> str:
 def run(args) -> int:
     from compiler.errors import DefcError
     from compiler.serving import parse_int_list
+    from defc import __version__
     from defc.output import comma_list
-    from runners import verify as V
+    from runners.verify import VerifyOptions, compile_for, verify_model
+    from runners.verify_report import environment, now_iso, report_data, summary, write_report
 
     device = args.device
     if device != "cpu" and not device.startswith("cuda"):
@@ -64,14 +66,14 @@ def run(args) -> int:
         if not torch.cuda.is_available():
             raise DefcError("--device cuda: no CUDA GPU is visible to torch (use --device cpu for the template check)",
                             field="--device")
-    opts = V.VerifyOptions(model=args.model, tp=parse_int_list(args.tp, "--tp"), ep=parse_int_list(args.ep, "--ep"),
-                           dp=parse_int_list(args.dp, "--dp"), quantization=comma_list(args.quantization),
-                           op_types=comma_list(args.op_types), specs=comma_list(args.specs) or (),
-                           names=comma_list(args.definitions), device=device, seed=args.seed,
-                           max_numel=args.max_numel, jobs=max(1, args.jobs))
+    opts = VerifyOptions(model=args.model, tp=parse_int_list(args.tp, "--tp"), ep=parse_int_list(args.ep, "--ep"),
+                         dp=parse_int_list(args.dp, "--dp"), quantization=comma_list(args.quantization),
+                         op_types=comma_list(args.op_types), specs=comma_list(args.specs) or (),
+                         names=comma_list(args.definitions), device=device, seed=args.seed,
+                         max_numel=args.max_numel, jobs=max(1, args.jobs))
     command = _command(args)
-    started, t0 = V.now_iso(), time.time()
-    env = V.environment(device)
+    started, t0 = now_iso(), time.time()
+    env = environment(device, __version__)
     state = {"compiled": None, "results": []}
     tty = sys.stderr.isatty() and not args.quiet
     stem = None
@@ -85,9 +87,9 @@ def run(args) -> int:
     def save(complete: bool):
         if not args.report or stem is None:
             return None
-        data = V.report_data(model_slug, serving_label(state["compiled"]), command, device, state["results"],
+        data = report_data(model_slug, serving_label(state["compiled"]), command, device, state["results"],
                              started, time.time() - t0, complete, env)
-        return V.write_report(args.report, stem, data)
+        return write_report(args.report, stem, data)
 
     def on_start(name, i, total):
         if tty:
@@ -104,7 +106,7 @@ def run(args) -> int:
         save(False)
 
     # compile once up front for the slug, the serving label and the report name
-    compiled, items = V.compile_for(opts)
+    compiled, items = compile_for(opts)
     state["compiled"] = compiled
     model_slug = compiled.model.slug
     if args.report:
@@ -117,10 +119,10 @@ def run(args) -> int:
         sys.stderr.write(f"defc verify {model_slug} ({serving_label(compiled)}): {len(items)} definitions on "
                          f"{env.get('device')}, torch {env.get('torch')}, flashinfer {env.get('flashinfer')}"
                          + (f", {opts.jobs} workers" if opts.jobs > 1 else "") + "\n")
-    _, results = V.verify_model(opts, on_result=on_result, on_start=on_start)
+    _, results = verify_model(opts, on_result=on_result, on_start=on_start)
     state["results"] = results
     paths = save(True)
-    s = V.summary(results)
+    s = summary(results)
     print(f"{model_slug}: {s['total']} definitions: {s['pass']} pass, {s['fail']} fail, {s['error']} error, "
           f"{s['not-run']} not run ({time.time() - t0:.1f} s)")
     if paths:

@@ -20,9 +20,12 @@ import time
 from typing import Any, Dict, List, Optional
 
 from compiler.paths import PROJECT_ROOT
+from compiler.predictions import compile_predictions
 
 from .common import LOG, MARKER, REQUEST, now, write_json
 from .trace import PassResult, count_dumps, run_pass_process, start_pass
+from .verify_inputs import NotRun, RecipeError, build_case, defaults
+from .verify_sides import call_kernel, explain_failure
 
 RECORDS = "_defc_records.json"
 
@@ -49,9 +52,7 @@ def child(request_path: str) -> int:
     if device != "cpu" and not torch.cuda.is_available():
         print("[defc verify_dump] no CUDA GPU is visible", flush=True)
         return 4
-    from . import verify as V
-    from compiler.predictions import compile_predictions
-    cfg = V.defaults()
+    cfg = defaults()
     result = compile_predictions(req["model"], [req["tp"]], [req["ep"]], req.get("quantization"),
                                  req.get("specs") or ())
     records: List[Dict[str, Any]] = []
@@ -77,15 +78,15 @@ def child(request_path: str) -> int:
         t0 = time.time()
         print(f"[defc verify_dump] {i + 1}/{len(names)} {name}: {api}", flush=True)
         try:
-            case = V.build_case(doc, inst, vb, 0, cfg)
-            V.call_kernel(kb, inst, case, device, doc)
+            case = build_case(doc, inst, vb, 0, cfg)
+            call_kernel(kb, inst, case, device, doc)
             rec["kernel"] = "ran"
-        except V.NotRun as e:
+        except NotRun as e:
             rec["kernel"] = f"not called: {e}"
-        except V.RecipeError as e:
+        except RecipeError as e:
             rec["kernel"] = f"not called: verify recipe: {e}"
         except Exception as e:   # the kernel (or its JIT build) failed after the dumper wrote
-            rec["kernel"] = f"failed: {V.explain_failure(e, cfg)}"
+            rec["kernel"] = f"failed: {explain_failure(e, cfg)}"
         new = [d[:-5] for d in _dumps(folder) if d not in before]
         kernels = [n for n in new if "_plan_" not in n]
         if new:

@@ -17,12 +17,16 @@ from conftest import ROOT
 pytest.importorskip("torch")
 pytest.importorskip("flashinfer")
 
-from runners import verify as V  # noqa: E402
+from runners.verify import VerifyOptions, check_block, check_kernel_call, compile_for, verify_model, verify_one  # noqa: E402
+from runners.verify_calls import device_copies, kernel_call_args, resolve_arg, tensor_expr  # noqa: E402
+from runners.verify_compare import compare, fp4_values  # noqa: E402
+from runners.verify_inputs import RecipeError, build_case, defaults, sequence_layout  # noqa: E402
+from runners.verify_sides import alternative_for, call_template, run_reference_text, skip_reason  # noqa: E402
 
 
 def _run(model, **kw):
-    opts = V.VerifyOptions(model=model, **kw)
-    _, results = V.verify_model(opts)
+    opts = VerifyOptions(model=model, **kw)
+    _, results = verify_model(opts)
     return {r.definition: r for r in results}
 
 
@@ -82,7 +86,7 @@ def test_tiny_deepseek_moe_and_mla_agree_with_flashinfer_templates(tmp_path):
 # named differences: each is real (without it the sides disagree) and applied only where it says
 
 def _one(model, name, **kw):
-    c, items = V.compile_for(V.VerifyOptions(model=model, names=[name], **kw))
+    c, items = compile_for(VerifyOptions(model=model, names=[name], **kw))
     assert items, name
     return items[0]
 
@@ -99,36 +103,36 @@ def _without_template_overrides(inst):
 
 
 def test_difference_template_reads_whole_last_page():
-    cfg = V.defaults()
+    cfg = defaults()
     for model, name, kw in (("llama-3.1-8b", "gqa_paged_decode_h32_kv8_d128_ps64", {}),
                             ("deepseek-v3", "mla_paged_decode_h16_ckv512_kpe64_ps64", {"tp": [8], "ep": [8]})):
         doc, inst = _one(model, name, **kw)
-        r = V.verify_one(doc, inst, "cpu", cfg)
+        r = verify_one(doc, inst, "cpu", cfg)
         assert r.status == "pass" and "template-reads-whole-last-page" in r.differences
         # with partial last pages FlashInfer's template reads the stale slots and disagrees
-        r2 = V.verify_one(doc, _without_template_overrides(inst), "cpu", cfg)
+        r2 = verify_one(doc, _without_template_overrides(inst), "cpu", cfg)
         assert r2.status == "fail", (name, r2.status, r2.why)
 
 
 def test_difference_template_is_decode():
-    cfg = V.defaults()
+    cfg = defaults()
     doc, inst = _one("deepseek-v3", "mla_paged_prefill_causal_h16_ckv512_kpe64_ps1", tp=[8], ep=[8])
-    r = V.verify_one(doc, inst, "cpu", cfg)
+    r = verify_one(doc, inst, "cpu", cfg)
     assert r.status == "pass" and "template-is-decode" in r.differences
     # several new tokens per sequence: the decode template (one query per sequence) cannot follow
-    r2 = V.verify_one(doc, _without_template_overrides(inst), "cpu", cfg)
+    r2 = verify_one(doc, _without_template_overrides(inst), "cpu", cfg)
     assert r2.status in ("fail", "error"), r2.why
 
 
 def test_difference_template_mxfp4_scale_rounds_down():
     import torch
     doc, inst = _one("gpt-oss-20b", "mxfp4_quantize_k2880")
-    r = V.verify_one(doc, inst, "cpu", V.defaults())
+    r = verify_one(doc, inst, "cpu", defaults())
     assert r.status == "not-run" and "template-mxfp4-scale-rounds-down" in r.why
     # the two scale exponents: ceil here, floor in the template, equal only on exact powers of two
-    case = V.build_case(doc, inst, inst.verify, 0, V.defaults())
-    ours = V.run_reference_text(doc["reference"], doc["name"], list(case.inputs.values()))
-    _, theirs = V.call_template({}, {}, inst, case, doc)
+    case = build_case(doc, inst, inst.verify, 0, defaults())
+    ours = run_reference_text(doc["reference"], doc["name"], list(case.inputs.values()))
+    _, theirs = call_template({}, {}, inst, case, doc)
     s_ours = ours[1].view(torch.uint8).to(torch.int64)
     s_theirs = theirs["scales"].view(torch.uint8).to(torch.int64)
     x = case.inputs["input"].float().reshape(s_ours.shape[0], s_ours.shape[1], -1)
@@ -145,30 +149,30 @@ def test_sink_definitions_run_the_attention_sink_wrapper_instead_of_the_default_
         doc, inst = _one("gpt-oss-20b", name)
         kb = inst.verify["kernel"]
         env = dict(inst.env)
-        assert "do not apply it on Hopper" in V._skip_reason(kb["skip"], env, "skip")
-        alt = V.alternative_for(kb, env)
+        assert "do not apply it on Hopper" in skip_reason(kb["skip"], env, "skip")
+        alt = alternative_for(kb, env)
         assert alt["api"] == "flashinfer.BatchAttentionWithAttentionSinkWrapper"
         # the call binds to the wrapper's constructor, plan() and run(q, paged_kv_cache, *args)
-        assert V.check_kernel_call(doc, inst) == []
-        case = V.build_case(doc, inst, inst.verify, 0, V.defaults())
-        api, positional, args = V.kernel_call_args(alt, inst, case, "cpu", V.device_copies(case, "cpu"), "alt")
+        assert check_kernel_call(doc, inst) == []
+        case = build_case(doc, inst, inst.verify, 0, defaults())
+        api, positional, args = kernel_call_args(alt, inst, case, "cpu", device_copies(case, "cpu"), "alt")
         assert positional[2] is not None and tuple(positional[2].shape) == (64,)     # sinks [num_qo_heads]
         assert positional[3] == pytest.approx(64 ** -0.5) and args == {"return_lse": True}
     # a model without sinks: neither the skip nor the alternative applies
     doc2, inst2 = _one("llama-3.1-8b", "gqa_paged_decode_h32_kv8_d128_ps1")
-    assert V._skip_reason(inst2.verify["kernel"].get("skip"), dict(inst2.env), "skip") is None
-    assert V.alternative_for(inst2.verify["kernel"], dict(inst2.env)) is None
-    assert V.check_kernel_call(doc2, inst2) == []
+    assert skip_reason(inst2.verify["kernel"].get("skip"), dict(inst2.env), "skip") is None
+    assert alternative_for(inst2.verify["kernel"], dict(inst2.env)) is None
+    assert check_kernel_call(doc2, inst2) == []
 
 
 def test_a_sink_of_no_weight_gives_the_no_sink_computation():
     import torch
     doc, inst = _one("gpt-oss-20b", "gqa_paged_decode_h64_kv8_d64_ps1_sink")
     vb = inst.verify
-    case = V.build_case(doc, inst, {**vb, "inputs": {**vb["inputs"], "sinks": {"fill": -1.0e4}}}, 0, V.defaults())
-    out, lse = V.run_reference_text(doc["reference"], doc["name"], list(case.inputs.values()))
+    case = build_case(doc, inst, {**vb, "inputs": {**vb["inputs"], "sinks": {"fill": -1.0e4}}}, 0, defaults())
+    out, lse = run_reference_text(doc["reference"], doc["name"], list(case.inputs.values()))
     case.inputs["sinks"] = torch.full_like(case.inputs["sinks"], float("-inf"))
-    out2, lse2 = V.run_reference_text(doc["reference"], doc["name"], list(case.inputs.values()))
+    out2, lse2 = run_reference_text(doc["reference"], doc["name"], list(case.inputs.values()))
     assert torch.equal(out, out2) and torch.allclose(lse, lse2)
 
 
@@ -190,71 +194,71 @@ def test_dsa_template_gets_the_softmax_scale():
     vb = dict(inst.verify)
     vb["template"] = {**vb["template"], "args": {"bmm1_scale": 0.5}}
     inst.verify = vb
-    r = V.verify_one(doc, inst, "cpu", V.defaults())
+    r = verify_one(doc, inst, "cpu", defaults())
     assert r.status == "fail"
 
 
 def test_cat_and_full_arguments():
     import torch
     doc, inst = _one("deepseek-v3.2", "dsa_sparse_attention_h16_ckv512_kpe64_topk2048_ps64", tp=[8], ep=[8])
-    case = V.build_case(doc, inst, inst.verify, 0, V.defaults())
-    t = V.device_copies(case, "cpu")
-    q = V.resolve_arg({"cat": ["q_nope", "q_pe"], "shape": ["num_tokens", 1, "num_qo_heads", "d_qk"]},
-                      case, "cpu", "q", t)
+    case = build_case(doc, inst, inst.verify, 0, defaults())
+    t = device_copies(case, "cpu")
+    q = resolve_arg({"cat": ["q_nope", "q_pe"], "shape": ["num_tokens", 1, "num_qo_heads", "d_qk"]},
+                    case, "cpu", "q", t)
     assert tuple(q.shape) == (3, 1, 16, 576)
     assert torch.equal(q[:, 0, :, :512], t["q_nope"]) and torch.equal(q[:, 0, :, 512:], t["q_pe"])
-    sl = V.resolve_arg({"full": ["num_tokens"], "fill": "num_pages * page_size", "dtype": "int32"}, case, "cpu", "s", t)
+    sl = resolve_arg({"full": ["num_tokens"], "fill": "num_pages * page_size", "dtype": "int32"}, case, "cpu", "s", t)
     assert sl.dtype == torch.int32 and sl.tolist() == [4096] * 3
-    with pytest.raises(V.RecipeError, match="cat takes a list of at least two tensors"):
-        V.resolve_arg({"cat": ["q_nope"]}, case, "cpu", "q", t)
-    with pytest.raises(V.RecipeError, match="cannot concatenate"):
-        V.resolve_arg({"cat": ["q_nope", "ckv_cache"], "dim": 0}, case, "cpu", "q", t)
+    with pytest.raises(RecipeError, match="cat takes a list of at least two tensors"):
+        resolve_arg({"cat": ["q_nope"]}, case, "cpu", "q", t)
+    with pytest.raises(RecipeError, match="cannot concatenate"):
+        resolve_arg({"cat": ["q_nope", "ckv_cache"], "dim": 0}, case, "cpu", "q", t)
 
 
 def test_expr_arguments_compute_elementwise_from_inputs_and_nothing_else():
     import torch
     t = {"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([2.0, -1.0])}
-    v = V.tensor_expr("exp(-exp(a) * softplus(b + 1)) + 2 ** 3", t, {"k": 2}, "x")
+    v = tensor_expr("exp(-exp(a) * softplus(b + 1)) + 2 ** 3", t, {"k": 2}, "x")
     want = torch.exp(-torch.exp(t["a"]) * torch.nn.functional.softplus(t["b"] + 1)) + 8
     assert torch.allclose(v, want)
-    assert torch.allclose(V.tensor_expr("sigmoid(b) * k", t, {"k": 2}, "x"), torch.sigmoid(t["b"]) * 2)
+    assert torch.allclose(tensor_expr("sigmoid(b) * k", t, {"k": 2}, "x"), torch.sigmoid(t["b"]) * 2)
     for bad, msg in [("__import__('os')", "only numbers, names"), ("a.real", "only numbers, names"),
                      ("lambda: 1", "only numbers, names"), ("nope + 1", "unknown name 'nope'"),
                      ("2 ** 2 ** 30", "exponent too large"), ("exp(a", "is not an expression")]:
-        with pytest.raises(V.RecipeError, match=re.escape(msg)):
-            V.tensor_expr(bad, t, {}, "x")
+        with pytest.raises(RecipeError, match=re.escape(msg)):
+            tensor_expr(bad, t, {}, "x")
 
 
 def test_gdn_kernels_get_the_gates_scale_and_layout_the_definitions_use():
     doc, inst = _one("qwen3-next-80b-a3b", "gdn_prefill_qk8_v16_d128_k_last", tp=[2])
-    case = V.build_case(doc, inst, inst.verify, 0, V.defaults())
-    t = V.device_copies(case, "cpu")
-    api, pos, args = V.kernel_call_args(inst.verify["kernel"], inst, case, "cpu", t, "kernel")
+    case = build_case(doc, inst, inst.verify, 0, defaults())
+    t = device_copies(case, "cpu")
+    api, pos, args = kernel_call_args(inst.verify["kernel"], inst, case, "cpu", t, "kernel")
     import torch
     g = torch.exp(-torch.exp(t["A_log"].float()) * torch.nn.functional.softplus(t["a"].float() + t["dt_bias"].float()))
     assert args["g"].dtype == torch.float32 and torch.allclose(args["g"], g)
     assert torch.allclose(args["beta"], torch.sigmoid(t["b"].float())) and args["scale"] == t["scale"]
-    assert V.check_kernel_call(doc, inst) == []
+    assert check_kernel_call(doc, inst) == []
     doc, inst = _one("qwen3-next-80b-a3b", "gdn_decode_qk8_v16_d128_k_last", tp=[2])
     assert inst.verify["kernel"]["api"].endswith("gated_delta_rule_decode_pretranspose")
-    assert V.check_kernel_call(doc, inst) == []
+    assert check_kernel_call(doc, inst) == []
 
 
 def test_fp8_groupwise_gemm_has_a_hopper_alternative_with_column_major_activation_scales():
     doc, inst = _one("deepseek-v3", "gemm_fp8_nt_groupwise_n2112_k7168", tp=[8], ep=[8])
-    alt = V.alternative_for(inst.verify["kernel"], dict(inst.env))
+    alt = alternative_for(inst.verify["kernel"], dict(inst.env))
     assert alt["api"] == "flashinfer.gemm.fp8_blockscale_gemm_sm90" and alt["requires_sm"] == [90]
-    case = V.build_case(doc, inst, inst.verify, 0, V.defaults())
-    t = V.device_copies(case, "cpu")
-    _, _, args = V.kernel_call_args(alt, inst, case, "cpu", t, "alt")
+    case = build_case(doc, inst, inst.verify, 0, defaults())
+    t = device_copies(case, "cpu")
+    _, _, args = kernel_call_args(alt, inst, case, "cpu", t, "alt")
     s = args["input_scale"]
     assert s.shape == t["a_scale"].shape and s.equal(t["a_scale"]) and s.stride() == (1, s.shape[0])
-    assert V.check_kernel_call(doc, inst) == []
+    assert check_kernel_call(doc, inst) == []
 
 
 def test_an_unknown_alternative_field_is_an_error():
-    with pytest.raises(V.RecipeError, match="unknown verify.kernel.alternative field 'bogus'"):
-        V._check_block({"kernel": {"alternative": {"api": "x", "bogus": 1}}})
+    with pytest.raises(RecipeError, match="unknown verify.kernel.alternative field 'bogus'"):
+        check_block({"kernel": {"alternative": {"api": "x", "bogus": 1}}})
 
 
 def test_every_named_difference_has_a_test():
@@ -274,15 +278,15 @@ def test_every_named_difference_has_a_test():
 @pytest.mark.parametrize("model,kw", [("llama-3.1-8b", {}), ("deepseek-v3", {"tp": [8], "ep": [8]}),
                                       ("gpt-oss-20b", {}), ("nemotron-h-8b", {}), ("qwen3-next-80b-a3b", {})])
 def test_kernel_calls_bind_to_the_flashinfer_signatures(model, kw):
-    _, items = V.compile_for(V.VerifyOptions(model=model, **kw))
-    problems = [p for d, i in items for p in V.check_kernel_call(d, i)]
+    _, items = compile_for(VerifyOptions(model=model, **kw))
+    problems = [p for d, i in items for p in check_kernel_call(d, i)]
     assert not problems, problems
 
 
 def test_sequence_layout_is_consistent():
     import random
-    arrays, sc = V.sequence_layout({"count": 4, "qo_len": [1, 5], "kv_len": [1, 50], "page_size": 16}, {},
-                                   random.Random(3))
+    arrays, sc = sequence_layout({"count": 4, "qo_len": [1, 5], "kv_len": [1, 50], "page_size": 16}, {},
+                                 random.Random(3))
     assert len(set(arrays["page_indices"])) == len(arrays["page_indices"]) == sc["seq_used_pages"]
     assert max(arrays["page_indices"]) < sc["seq_num_pages"]
     for b in range(4):
@@ -296,24 +300,24 @@ def test_compare_measures():
     import torch
     tol = {"rtol": 0.01, "atol": 0.01, "max_mismatch_pct": 0.0}
     a = torch.ones(4, 8)
-    assert V.compare("x", a, a.clone(), tol).ok
+    assert compare("x", a, a.clone(), tol).ok
     b = a.clone()
     b[0, 0] = 2.0
-    c = V.compare("x", a, b, tol)
+    c = compare("x", a, b, tol)
     assert not c.ok and c.max_abs == 1.0 and abs(c.mismatch_pct - 100 / 32) < 1e-6
-    assert V.compare("x", a, a.reshape(32), tol).ok                      # flattened layout of the same values
-    assert not V.compare("x", a, torch.ones(5), tol).ok
-    assert not V.compare("x", a, -a, {**tol, "max_mismatch_pct": 100.0, "min_cos_sim": 0.99}).ok
+    assert compare("x", a, a.reshape(32), tol).ok                      # flattened layout of the same values
+    assert not compare("x", a, torch.ones(5), tol).ok
+    assert not compare("x", a, -a, {**tol, "max_mismatch_pct": 100.0, "min_cos_sim": 0.99}).ok
     u = torch.tensor([200, 3], dtype=torch.uint8)
-    assert V.compare("s", u.view(torch.int8), u, {"max_mismatch_pct": 0.0}).ok   # the same UE8M0 bytes
+    assert compare("s", u.view(torch.int8), u, {"max_mismatch_pct": 0.0}).ok   # the same UE8M0 bytes
     fp4 = torch.tensor([[0x21, 0xF7]], dtype=torch.uint8)
-    assert V.fp4_values(fp4).tolist() == [[0.5, 1.0, 6.0, -6.0]]
+    assert fp4_values(fp4).tolist() == [[0.5, 1.0, 6.0, -6.0]]
 
 
 def test_broadcast_inputs_stay_broadcast_on_copy():
     doc, inst = _one("nemotron-h-8b", "mamba_ssu_decode_h128_d64_s128_ng8")
-    case = V.build_case(doc, inst, inst.verify, 0, V.defaults())
-    dt = V.device_copies(case, "cpu")["dt"]
+    case = build_case(doc, inst, inst.verify, 0, defaults())
+    dt = device_copies(case, "cpu")["dt"]
     assert dt.stride(-1) == 0 and dt.stride(1) == 1         # as served: the kernel checks these strides
     assert len(set(case.inputs["state_batch_indices"].tolist())) == case.values["batch_size"]
 
