@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from compiler.errors import DefcError, Location
+from compiler.facts import load_facts, model_env, quant_key
 from compiler.load import display_path
+from compiler.models import resolve_model
+from compiler.serving import Serving
 from compiler.write import atomic_write_text
 
 RUNNERS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -194,9 +197,6 @@ def now() -> str:
 
 def resolve_model_and_quant(model: Optional[str], config: Optional[str] = None, hf_repo_id: Optional[str] = None):
     """The model (catalogue slug, config path or HF repo id) and its own quantization key."""
-    from compiler.facts import load_facts, model_env, quant_key
-    from compiler.models import resolve_model
-    from compiler.serving import Serving
     info = resolve_model(model, config, hf_repo_id)
     facts = load_facts()
     probe = model_env(info.config, Serving().symbols(), facts, info.slug, info.origin)
@@ -206,5 +206,4 @@ def resolve_model_and_quant(model: Optional[str], config: Optional[str] = None, 
 def quant_key_of(word: Optional[str]) -> Optional[str]:
     if not word:
         return None
-    from compiler.facts import load_facts, quant_key
     return quant_key(load_facts(), word)

@@ -23,6 +23,7 @@ Nothing here imports torch or flashinfer: a recipe evaluates to plain data (:cla
 """
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -298,7 +299,6 @@ def bind_like_dumper(api_obj, kwargs: Dict[str, Any], defaults: bool) -> Dict[st
     does not fill in, so names such as the MoE ``_act3`` suffix would differ)."""
     if not defaults:
         return dict(kwargs)
-    import inspect
     try:
         sig = inspect.signature(api_obj)
         bound = sig.bind_partial(**kwargs)

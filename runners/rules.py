@@ -35,6 +35,7 @@ Actions (applied in this order):
 from __future__ import annotations
 
 import copy
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -200,7 +201,6 @@ def _load_cached(path: str, mtime: float) -> Tuple[Tuple[Rule, ...], Dict[str, A
 
 
 def load_rules(path: str) -> List[Rule]:
-    import os
     try:
         mtime = os.path.getmtime(path)
     except OSError:
@@ -210,7 +210,6 @@ def load_rules(path: str) -> List[Rule]:
 
 def load_rule_file(path: str) -> Tuple[List[Rule], Dict[str, Any]]:
     """The rules and the file's other top-level settings."""
-    import os
     try:
         mtime = os.path.getmtime(path)
     except OSError:
