@@ -110,22 +110,6 @@ def substitute(text: str, env: Dict[str, Any], spec: Spec, path: Tuple) -> str:
     return "".join(out)
 
 
-def _placeholder_names(value: Any) -> set:
-    """The names in every ``{placeholder}`` of the strings in value (a spec's data)."""
-    out = set()
-    if isinstance(value, str):
-        if "{" in value:
-            parts = _placeholder_parts(value)
-            out.update(parts[j][1] for j in range(1, len(parts), 2))
-    elif isinstance(value, dict):
-        for v in value.values():
-            out |= _placeholder_names(v)
-    elif isinstance(value, list):
-        for v in value:
-            out |= _placeholder_names(v)
-    return out
-
-
 class _Where:
     """A lazy ``(location, field)`` pair: most lookups are never needed (no error is raised)."""
 
@@ -140,23 +124,12 @@ class _Where:
 
 
 class Evaluator:
-    """Evaluates specs for one model.
+    """Evaluates specs for one model."""
 
-    A definition's instances depend on nothing but its quantization variant and the values of
-    the names it reads (its formulas' symbols, its placeholders, the names it binds).  Evaluated
-    at one serving config, they are kept under those values; at a later serving config where they
-    are the same — a GEMM at tp4 as at tp8 — the kept instances are reused, moved to that serving
-    config (its ``serving``, quantization, ``origins`` and symbol table) instead of being
-    evaluated again.  ``reuse=False`` evaluates every time (tests compare the two)."""
-
-    def __init__(self, model_slug: str, quant_selection: Optional[Sequence[str]] = None, reuse: bool = True):
+    def __init__(self, model_slug: str, quant_selection: Optional[Sequence[str]] = None):
         self.model = model_slug
         # None: the serving config's own quantization; a list: exactly these; ["all"]: every variant
         self.quant_selection = quant_selection
-        self.reuse = reuse
-        # (id of the plan, variant, the read values) -> (the plan, kept alive so its id stays
-        # unique, and the instances it gave)
-        self._kept: Dict[Tuple, Tuple["_DefinitionPlan", List[Instance]]] = {}
 
     # -- helpers --------------------------------------------------------------------------------
     def _where(self, spec: Spec, path: Tuple):
@@ -265,14 +238,6 @@ class Evaluator:
                 env1 = dict(env0)
                 if q is not None:
                     env1["quantization"] = q
-                key = None
-                if self.reuse:
-                    key = (id(plan), q, repr([env1.get(n, _ABSENT) for n in plan.reads]))
-                    kept = self._kept.get(key)
-                    if kept is not None:
-                        out.extend(self._moved(inst, plan, env1, serving, q or own_q) for inst in kept[1])
-                        continue
-                first = len(out)
                 ctx = self._ctx(serving, q or "")
                 for combo in plan.combos:
                     for lets, label, when, when_path in plan.cases:
@@ -290,28 +255,7 @@ class Evaluator:
                         if plan.when is not None and not self._truth(spec, plan.when_path, None, env, ctx, plan.when):
                             continue
                         out.append(self._instance(spec, i, d, plan, env, serving, q or own_q, ctx))
-                if key is not None:
-                    self._kept[key] = (plan, out[first:])
         return out
-
-    def _moved(self, inst: Instance, plan: "_DefinitionPlan", env1: Dict[str, Any], serving: Serving,
-               quant: str) -> Instance:
-        """A kept instance at another serving config that reads the same values: the same
-        definition, with that config, its quantization and its symbol table (its own names bound
-        as in the kept one)."""
-        env = dict(env1)
-        bound = inst.env
-        for k in plan.binds:
-            v = bound.get(k, _ABSENT)
-            if v is not _ABSENT:
-                env[k] = v
-        moved = object.__new__(Instance)
-        moved.__dict__.update(inst.__dict__)
-        moved.serving = serving
-        moved.quantization = quant
-        moved.env = env
-        moved.origins = [f"{self.model} {serving.label()}"]
-        return moved
 
     def _instance(self, spec: Spec, i: int, d: dict, plan: "_DefinitionPlan", env: Dict[str, Any],
                   serving: Serving, quant: str, ctx: str) -> Instance:
@@ -379,26 +323,13 @@ class Evaluator:
 _NO_LABEL = object()
 
 
-class _Absent:
-    def __repr__(self) -> str:
-        return "<absent>"
-
-
-_ABSENT = _Absent()
-
-
 class _DefinitionPlan:
     """One definition of a spec laid out for evaluation, once per spec: its formulas looked up,
     the spec paths that errors name worked out, and which texts have placeholders to fill."""
 
     def __init__(self, spec: Spec, i: int, d: dict, lookup):
         base = self.base = ("definitions", i)
-        used: List[F.Formula] = []
-
-        def formula(spec, path, text) -> F.Formula:
-            f = lookup(spec, path, text)
-            used.append(f)
-            return f
+        formula = lookup        # (spec, path, text) -> the parsed formula
 
         def cond(item, p):
             return (formula(spec, p + ("when",), item["when"]), p + ("when",)) if "when" in item else (None, None)
@@ -450,20 +381,6 @@ class _DefinitionPlan:
         self.reference_template = ref["template"]
         self.template = d.get("template", "definition.json.j2")
         self.op_type = d.get("op_type") or spec.data.get("op_type") or spec.family
-        # the names an instance binds on top of the symbol table (sweep, lets, label, const axes),
-        # in the order they are bound, and every name the definition reads: its formulas'
-        # symbols, the names in its placeholders and the names it binds (a bound name may shadow
-        # one of the table's).  The serving config's quantization is read only if named.
-        binds = list(sweep)
-        for case in self.cases:
-            binds += [name for name, _, _ in case[0]]
-        binds += ["label"] + [name for name, _, _ in self.lets] + [UNDEFINED_LETS]
-        binds += [axis[0] for axis in self.axes if axis[4] is not None]
-        self.binds = tuple(dict.fromkeys(binds))
-        reads = set(self.binds) | _placeholder_names(d)
-        for f in used:
-            reads |= f.symbols
-        self.reads = tuple(sorted(reads))
 
     @staticmethod
     def _texts(spec, items, base, key, cond):
