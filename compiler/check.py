@@ -15,7 +15,8 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 from . import formula as F
 from .errors import DefcError, DefcErrors
-from .load import CACHE_VERSION, Located, cache_get, cache_put, load_yaml
+from . import cache
+from .load import Located, load_yaml
 from .paths import SCHEMA_DIR
 
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -124,7 +125,7 @@ def schema_errors(doc: Located, schema_name: str) -> List[DefcError]:
     text (by load_yaml's digest) that passed is remembered in the parse cache and not validated
     again."""
     ok_key = schema_ok_key(schema_name, doc.digest) if doc.digest else None
-    if ok_key is not None and cache_get(ok_key) is not None:
+    if ok_key is not None and cache.get(ok_key) is not None:
         return []
     errs = []
     for err in sorted(_validator(schema_name).iter_errors(doc.data), key=lambda e: list(map(str, e.absolute_path))):
@@ -140,7 +141,7 @@ def schema_errors(doc: Located, schema_name: str) -> List[DefcError]:
                 path = path + (extra[0],)
         errs.append(DefcError(_schema_message(err), doc.where(path), field_name(path)))
     if ok_key is not None and not errs:
-        cache_put(ok_key, True, {})
+        cache.put(ok_key, True)
     return errs
 
 
@@ -271,7 +272,7 @@ def _schema_digest(name: str) -> str:
 
 def schema_ok_key(name: str, digest: str) -> str:
     """Parse-cache key recording that a text (by its sha256) passed schema ``name`` (by its content)."""
-    return f"schemaok-{CACHE_VERSION}-{name.split('.')[0]}-{_schema_digest(name)}-{digest}"
+    return f"schemaok-{cache.VERSION}-{name.split('.')[0]}-{_schema_digest(name)}-{digest}"
 
 
 def load_spec(path: str) -> Spec:

@@ -13,10 +13,10 @@ import os
 import re
 from typing import Any, Dict, Optional, Tuple
 
+from . import cache
 from .errors import DefcError, Location
 
 Path = Tuple[Any, ...]
-CACHE_VERSION = "3"   # 2: loads refuse YAML tags and alias bombs; 3: positions kept as JSON text
 
 
 class Located:
@@ -166,48 +166,6 @@ def read_text(path: str, what: str = "file") -> str:
         raise DefcError(f"not valid UTF-8 (byte {e.start})", Location(shown, line, 1)) from None
 
 
-def cache_dir() -> Optional[str]:
-    """The parse-cache folder (DEFC_CACHE_DIR, else ~/.cache/defc), or None when DEFC_NO_CACHE is set."""
-    if os.environ.get("DEFC_NO_CACHE"):
-        return None
-    base = os.environ.get("DEFC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "defc")
-    return base
-
-
-def cache_get(key: str) -> Optional[Tuple[Any, str]]:
-    """(data, positions as JSON text) stored under key, or None (absent, unreadable, caching off)."""
-    base = cache_dir()
-    if not base:
-        return None
-    try:
-        with open(os.path.join(base, key + ".json"), encoding="utf-8") as fh:
-            doc = json.load(fh)
-        positions = doc["positions"]
-        if not isinstance(positions, str):
-            return None
-        return doc["data"], positions
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def cache_put(key: str, data: Any, positions: Dict[Path, Tuple[int, int]]) -> None:
-    """Store JSON data (and YAML positions) under key, atomically; a failure only costs the cache."""
-    base = cache_dir()
-    if not base:
-        return
-    try:
-        import tempfile
-        os.makedirs(base, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=base)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"data": data, "positions": json.dumps([[list(p), l, c] for p, (l, c) in positions.items()])},
-                      fh)
-        os.replace(tmp, os.path.join(base, key + ".json"))
-    except (OSError, TypeError, ValueError):
-        pass  # a cache that cannot be written only costs time
-
-
 def load_yaml(path: str, what: str = "YAML file") -> Located:
     """Load one YAML document with positions; any problem becomes a one-line DefcError.
 
@@ -218,14 +176,14 @@ def load_yaml(path: str, what: str = "YAML file") -> Located:
     shown = display_path(path)
     text = read_text(path, what)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    key = "yaml-" + CACHE_VERSION + "-" + digest
-    hit = cache_get(key)
+    key = f"yaml-{cache.VERSION}-{digest}"
+    hit = cache.get(key)
     if hit is not None:
         located = Located(shown, hit[0], positions_json=hit[1])
     else:
         located = _parse_yaml(text, shown)
         if _json_exact(located.data):  # else (e.g. integer keys) parsed every time
-            cache_put(key, located.data, located.positions)
+            cache.put(key, located.data, located.positions)
     located.digest = digest
     return located
 
@@ -308,8 +266,8 @@ def load_safe_yaml(path: str, what: str = "YAML file") -> Any:
     """Fast load without positions (catalogue and cookbook data)."""
     shown = display_path(path)
     text = read_text(path, what)
-    key = "safe-" + CACHE_VERSION + "-" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-    hit = cache_get(key)                # ruamel has no C loader here: cache like load_yaml
+    key = cache.text_key("safe", text)
+    hit = cache.get(key)                # ruamel has no C loader here: cache like load_yaml
     if hit is not None:
         return hit[0]
     from ruamel.yaml import YAML
@@ -319,7 +277,7 @@ def load_safe_yaml(path: str, what: str = "YAML file") -> Any:
     try:
         data = y.load(text)
         if _json_exact(data):
-            cache_put(key, data, {})
+            cache.put(key, data)
         return data
     except YAMLError as e:
         raise _yaml_error(e, shown) from None

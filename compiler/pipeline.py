@@ -9,16 +9,14 @@ result is what compiling them one after another gives (each later model's defini
 against what the earlier ones would have written), but every model is evaluated before anything
 is written and each file is written once (``write_planned_many``).
 
-A model's rendered definitions are kept in the result cache (see result_cache), keyed by the
-content of everything that makes them; placing them in the dataset always happens anew.
+A model's rendered definitions are kept in the result cache (see cache), keyed by the content
+of everything that makes them; placing them in the dataset always happens anew.
 """
 from __future__ import annotations
 
-import gc
 import glob
 import json
 import os
-from contextlib import contextmanager
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -29,11 +27,10 @@ from .load import display_path
 from .evaluate import Evaluator, Instance
 from .facts import load_facts, model_env, quant_key
 from .models import ModelInfo, resolve_model
-from . import result_cache
+from . import cache
 from .paths import DEFAULT_COOKBOOK, DEFAULT_OUT, MODEL_FACTS, SPECS_DIR
 from .render import Renderer, template_dirs
 from .serving import Serving, default_servings, explicit_servings, rows_for
-from .workers import MISSING, map_forked
 from .write import WRITES, Listing, Planned, dumps, apply_many, check_component, clean_stale_temps, final_writes, plan
 
 
@@ -95,7 +92,7 @@ def load_specs(paths: Sequence[str]) -> List[Spec]:
     return [load_spec(p) for p in paths]
 
 
-def servings_for(model: ModelInfo, opts: CompileOptions, facts) -> (List[Serving], List[str]):
+def servings_for(model: ModelInfo, opts: CompileOptions, facts) -> Tuple[List[Serving], List[str]]:
     cookbook_dir = opts.cookbook
     if cookbook_dir is None and os.path.isdir(DEFAULT_COOKBOOK):
         cookbook_dir = DEFAULT_COOKBOOK
@@ -184,41 +181,22 @@ class ModelDefinitions:
     servings: List[Serving]
     notes: List[str]
     docs: List[Tuple[Dict[str, Any], List[str]]]     # (definition, serving configs it comes from)
-    instances: Optional[Mapping]                     # name -> [Instance]; None when it came from a worker
-    cached: bool = False                             # docs came from the result cache
-    texts: Optional[List[str]] = None                # each doc as its file (write.dumps), if made
-
-    def make_texts(self) -> "ModelDefinitions":
-        """Serialise each definition as its file, if not done yet."""
-        if self.texts is None:
-            self.texts = [dumps(doc) for doc, _ in self.docs]
-        return self
-
-    def __getstate__(self):
-        """Sent from a compile worker as file texts, without its instances (specs and symbol
-        tables stay there)."""
-        state = dict(self.make_texts().__dict__)
-        state["instances"] = None
-        state["docs"] = [sources for _, sources in self.docs]
-        return state
-
-    def __setstate__(self, state):
-        state["docs"] = [(json.loads(t), sources) for t, sources in zip(state["texts"], state["docs"])]
-        self.__dict__.update(state)
+    instances: Mapping                               # name -> [Instance], evaluated when first asked for
+    texts: List[str]                                 # each definition as its file (write.dumps)
 
 
 class CompileRun:
-    """What the models of one compile share: the digests of the toolchain and specs for the
-    result cache (worked out once per run), the specs (loaded once), and a Renderer per template
-    folder list (templates loaded once)."""
+    """What the models of one compile share: the specs (loaded once), a Renderer per template
+    folder list (templates loaded once) and the digests of the shared inputs for the result
+    cache (worked out once)."""
 
     def __init__(self):
-        self._digests: Dict[Tuple, str] = {}
         self._renderers: Dict[Tuple[str, ...], Renderer] = {}
         self._specs: Dict[Tuple[str, ...], List[Spec]] = {}
+        self._parts: Dict[Tuple, Dict[str, str]] = {}
+        self.to_store: List[Tuple[Tuple, ModelInfo, Dict[str, str], ModelDefinitions]] = []
 
     def specs(self, paths: Sequence[str]) -> List[Spec]:
-        """The specs, loaded (read, parsed, checked) once per run."""
         key = tuple(paths)
         if key not in self._specs:
             self._specs[key] = load_specs(paths)
@@ -229,48 +207,42 @@ class CompileRun:
             self._renderers[dirs] = Renderer(dirs)
         return self._renderers[dirs]
 
-    def digest(self, what: Tuple, compute) -> str:
-        if what not in self._digests:
-            self._digests[what] = compute()
-        return self._digests[what]
+    def shared_parts(self, what: Tuple) -> Dict[str, str]:
+        if what not in self._parts:
+            self._parts[what] = cache.shared_parts(*what)
+        return self._parts[what]
+
+    def store_results(self) -> None:
+        """Put the models made in this run into the result cache, unless a spec, template or
+        defc itself changed while they were made (then their keys would not match them)."""
+        for what in {w for w, _, _, _ in self.to_store}:
+            if cache.shared_parts(*what) != self._parts[what]:
+                return
+        for _, model, parts, md in self.to_store:
+            cache.put_result(model, parts, md.docs, md.texts)
+        self.to_store.clear()
 
 
-def _evaluator(opts: CompileOptions, model: ModelInfo, servings: List[Serving], run: "CompileRun"):
-    """A model's evaluation, to run when (if ever) its instances are needed: not at all for a
-    model whose definitions came from the result cache or from a worker, unless asked for."""
-    def evaluate():
-        return evaluate_model(opts, model, load_facts(opts.specs_dir),
-                              run.specs(spec_paths(opts.specs, opts.specs_dir)), servings)
-    return evaluate
-
-
-def model_definitions(opts: CompileOptions, run: Optional[CompileRun] = None,
-                      cached_only: bool = False) -> Optional[ModelDefinitions]:
+def model_definitions(opts: CompileOptions, run: CompileRun) -> ModelDefinitions:
     """Evaluate and render one model: each definition once, with the tags of every serving config
-    that produces it.  Definitions made before from the same inputs come from the result cache
-    (see result_cache); ``cached_only``: those or None."""
-    run = run or CompileRun()
+    that produces it.  Definitions made before from the same inputs come from the result cache."""
     model = resolve_model(opts.model, opts.config, opts.hf_repo_id)
     facts = load_facts(opts.specs_dir)
     paths = spec_paths(opts.specs, opts.specs_dir)
     servings, notes = servings_for(model, opts, facts)
     dirs = template_dirs(list(opts.template_dirs))
 
-    evaluate = _evaluator(opts, model, servings, run)
-    cache_key = None
-    if result_cache.enabled():
-        facts_file = os.path.join(os.path.abspath(opts.specs_dir), MODEL_FACTS)
-        toolchain = run.digest(("toolchain", dirs), lambda: result_cache.toolchain_digest(dirs))
-        inputs = run.digest(("inputs", tuple(paths), facts_file),
-                            lambda: result_cache.inputs_digest(paths, facts_file))
-        cache_key = result_cache.key(toolchain, inputs, model, servings,
-                                     {"quantization": opts.quantization, "op_types": opts.op_types})
-        hit = result_cache.get(cache_key)
+    def evaluate():
+        return evaluate_model(opts, model, facts, run.specs(paths), servings)
+
+    parts = None
+    if cache.results_enabled():
+        what = (dirs, tuple(paths), os.path.join(os.path.abspath(opts.specs_dir), MODEL_FACTS))
+        parts = {**run.shared_parts(what),
+                 **cache.model_parts(model, servings, {"quantization": opts.quantization, "op_types": opts.op_types})}
+        hit = cache.get_result(model, parts)
         if hit is not None:
-            return ModelDefinitions(model, servings, notes, hit[0], LazyInstances(evaluate), cached=True,
-                                    texts=hit[1])
-    if cached_only:
-        return None
+            return ModelDefinitions(model, servings, notes, hit[0], LazyInstances(evaluate), hit[1])
     by_name = evaluate()
     docs = []
     renderer = run.renderer(dirs)
@@ -282,11 +254,9 @@ def model_definitions(opts: CompileOptions, run: Optional[CompileRun] = None,
                     doc["tags"].append(t)
         _check_file_names(doc, insts[0])
         docs.append((doc, sorted({i.serving.label() for i in insts})))
-    md = ModelDefinitions(model, servings, notes, docs, by_name)
-    # stored only if no spec or template changed while it was made (the key was worked out first)
-    if cache_key is not None and result_cache.inputs_digest(paths, facts_file) == inputs \
-            and result_cache.toolchain_digest(dirs) == toolchain:
-        result_cache.put(cache_key, docs, md.make_texts().texts)
+    md = ModelDefinitions(model, servings, notes, docs, by_name, [dumps(doc) for doc, _ in docs])
+    if parts is not None:
+        run.to_store.append((what, model, parts, md))
     return md
 
 
@@ -295,69 +265,10 @@ def _result(md: ModelDefinitions, planned: List[Planned]) -> CompileResult:
     return CompileResult(md.model, md.servings, planned, md.notes, md.instances)
 
 
-def _known_text(p: Planned, md: ModelDefinitions, k: int) -> None:
-    """A new file is written as its definition's text, serialised when it was rendered."""
-    if md.texts is not None and p.status == "new" and p.doc is md.docs[k][0]:
-        p.text = md.texts[k]
-
-
 def compile_model(opts: CompileOptions) -> CompileResult:
     """Compile the model of opts (a catalogue slug, a config path or repo id, or opts.config /
     opts.hf_repo_id): :func:`compile_models` for one model."""
     return compile_models([opts.model], opts)[0]
-
-
-def models_definitions(models: Sequence[Optional[str]], opts: CompileOptions,
-                       jobs: Optional[int] = None) -> List[ModelDefinitions]:
-    """model_definitions for each model, in order: those in the result cache read here, the
-    others spread over forked workers (see workers).  A model whose worker did not deliver — an
-    error included — is done again here, in order, so the first bad model raises its error as a
-    run without workers would.  Instances of models done by a worker are evaluated again if they
-    are asked for."""
-    with _cyclic_gc_paused():
-        return _models_definitions(models, opts, jobs)
-
-
-@contextmanager
-def _cyclic_gc_paused():
-    """Evaluating and rendering allocates many small dicts and lists and frees them without
-    cycles; Python's cycle collector, run every few hundred allocations, finds nothing and costs
-    about a tenth of the time.  It is paused for the duration (and resumed, if it was on)."""
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
-
-
-def _models_definitions(models: Sequence[Optional[str]], opts: CompileOptions, jobs: Optional[int]) -> List[ModelDefinitions]:
-    run = CompileRun()
-
-    def work(slug):
-        # files' texts made while the workers run: most of them are new files, written as they are
-        return model_definitions(replace(opts, model=slug), run).make_texts()
-
-    done: List[Any] = [MISSING] * len(models)
-    if result_cache.enabled():
-        for i, slug in enumerate(models):
-            try:
-                done[i] = model_definitions(replace(opts, model=slug), run, cached_only=True) or MISSING
-            except DefcError:
-                pass                        # raised again below, in its turn
-    todo = [i for i, md in enumerate(done) if md is MISSING]
-    if len(todo) > 1:
-        for i, md in zip(todo, map_forked([models[i] for i in todo], work, jobs)):
-            done[i] = md
-    out = []
-    for slug, md in zip(models, done):
-        if md is MISSING:
-            md = work(slug)
-        elif md.instances is None:
-            md.instances = LazyInstances(_evaluator(replace(opts, model=slug), md.model, md.servings, run))
-        out.append(md)
-    return out
 
 
 def compile_models(models: Sequence[Optional[str]], opts: CompileOptions) -> List[CompileResult]:
@@ -369,13 +280,17 @@ def compile_models(models: Sequence[Optional[str]], opts: CompileOptions) -> Lis
     current: Dict[str, Planned] = {}
     listing = Listing()
     results = []
-    for md in models_definitions(models, opts):
+    run = CompileRun()
+    mds = [model_definitions(replace(opts, model=slug), run) for slug in models]
+    run.store_results()
+    for md in mds:
         planned = []
-        for k, (doc, sources) in enumerate(md.docs):
+        for (doc, sources), text in zip(md.docs, md.texts):
             p = plan(opts.out, doc, force=opts.force, skip_existing=opts.skip_existing, current=current,
                      listing=listing)
             p.sources = sources
-            _known_text(p, md, k)
+            if p.status == "new" and p.doc is doc:
+                p.text = text            # a new file is written as the text made when it was rendered
             if p.status in WRITES:
                 current[p.path] = p
             planned.append(p)

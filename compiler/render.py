@@ -38,25 +38,10 @@ MAX_TEMPLATE_EXPONENT = 64
 MAX_TEMPLATE_REPEAT = 1_000_000
 
 
-_JSON = json.JSONEncoder(ensure_ascii=False)      # what json.dumps(ensure_ascii=False) makes per call
-_quote = json.encoder.encode_basestring
-# the C encoder that _JSON.encode makes for every container it encodes, made once (without the
-# circular-reference check: template values come from JSON-like data, and the sandbox cannot
-# make a cycle; a cycle would end in RecursionError, a template failure like any other)
-_encode_c = json.encoder.c_make_encoder(None, _JSON.default, _quote, None, ": ", ", ", False, False, True) \
-    if json.encoder.c_make_encoder is not None else None
-
-
 def _tojson(value: Any, indent: Optional[int] = None) -> str:
     """``{{ x | tojson }}``: plain JSON, exactly ``json.dumps(x, ensure_ascii=False)``.  Templates
     render JSON and Python source, not HTML, so Jinja's HTML-safe variant (which also escapes
     ``<>&'``) is not needed; the values parsed back are the same either way."""
-    if indent is None:
-        if type(value) is str:
-            return _quote(value)
-        if _encode_c is not None:
-            return "".join(_encode_c(value, 0))
-        return _JSON.encode(value)
     return json.dumps(value, ensure_ascii=False, indent=indent)
 
 
@@ -83,62 +68,10 @@ def environment(dirs: Tuple[str, ...]):
             return super().call_binop(context, operator, left, right)
 
     env = BoundedSandbox(loader=FileSystemLoader(list(dirs)), undefined=StrictUndefined,
-                         autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
-                         bytecode_cache=_compiled_templates())
+                         autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["tojson"] = _tojson
     env.filters["py"] = _pyrepr
     return env
-
-
-COMPILED_TEMPLATES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__", "templates")
-
-
-def _compiled_templates():
-    """Templates compiled to Python code are kept the way Python keeps compiled modules: in this
-    package's ``__pycache__`` (never in the user's cache folder, which holds only data), read
-    back when a template's source is unchanged, not written when Python is told not to write
-    bytecode (``PYTHONDONTWRITEBYTECODE``).  Compiling the catalogue's 30 templates costs each
-    compile process ~30 ms; loading them back ~2 ms.
-
-    Jinja keys a compiled template by its file and checks it against the source; the file names
-    here also carry a digest of what else decides the code — this module (the sandbox and the
-    environment's options) and Jinja's version — so code compiled under other rules is never
-    loaded.  A file that cannot be read or written only costs the compile."""
-    import hashlib
-    import sys
-    import jinja2
-    from jinja2 import FileSystemBytecodeCache
-
-    class CompiledTemplates(FileSystemBytecodeCache):
-        def __init__(self, directory: str, prefix: str):
-            super().__init__(directory, prefix + "%s.cache")
-            self.prefix = prefix
-            self.pruned = False
-
-        def load_bytecode(self, bucket) -> None:
-            try:
-                super().load_bytecode(bucket)
-            except (OSError, EOFError, ValueError, TypeError):
-                bucket.reset()
-
-        def dump_bytecode(self, bucket) -> None:
-            if sys.dont_write_bytecode:
-                return
-            try:
-                os.makedirs(self.directory, exist_ok=True)
-                if not self.pruned:           # files compiled under other rules are never read again
-                    self.pruned = True
-                    for name in os.listdir(self.directory):
-                        if not name.startswith(self.prefix):
-                            os.unlink(os.path.join(self.directory, name))
-                super().dump_bytecode(bucket)
-            except OSError:
-                pass
-
-    h = hashlib.sha256(jinja2.__version__.encode() + b"\0")
-    with open(__file__, "rb") as fh:
-        h.update(fh.read())
-    return CompiledTemplates(COMPILED_TEMPLATES_DIR, h.hexdigest()[:16] + "-")
 
 
 def template_dirs(extra: Optional[List[str]] = None) -> Tuple[str, ...]:
@@ -226,21 +159,11 @@ class Renderer:
         self._templates: Dict[str, Any] = {}
 
     def template_text(self, name: str, context: Dict[str, Any]) -> str:
-        """``template.render(**context)``, less its per-call work: the template's globals are
-        flattened once (Jinja merges its chained globals into every render's context), and the
-        context is made from them and ``context`` directly."""
-        entry = self._templates.get(name)
         try:
-            if entry is None:
-                template = environment(self.dirs).get_template(name)
-                entry = self._templates[name] = (template, dict(template.globals))
-            template, names = entry
-            variables = dict(names)
-            variables.update(context)
-            try:
-                return "".join(template.root_render_func(template.new_context(variables, shared=True)))
-            except Exception:
-                template.environment.handle_exception()     # re-raised with the template's own lines
+            template = self._templates.get(name)
+            if template is None:
+                template = self._templates[name] = environment(self.dirs).get_template(name)
+            return template.render(context)
         except Exception as e:  # every Jinja failure becomes one located line
             raise _template_error(e, name, self.dirs) from None
 

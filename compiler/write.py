@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import json.encoder
-import math
 import os
 import re
 import time
@@ -34,66 +32,8 @@ def check_component(value: Any, what: str) -> str:
 
 
 def dumps(doc: Dict[str, Any]) -> str:
-    """A definition file's text: exactly ``json.dumps(doc, indent=2, ensure_ascii=False)`` and a
-    newline.  Definitions hold only JSON's own types, which a direct walk writes about twice as
-    fast as json's general encoder; anything else (NaN, a non-string key, another type) is left
-    to json.dumps."""
-    out: List[str] = []
-    try:
-        _indented(doc, "", out)
-    except _NotPlain:
-        return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-    out.append("\n")
-    return "".join(out)
-
-
-class _NotPlain(Exception):
-    pass
-
-
-_quote = json.encoder.encode_basestring        # what json.dumps uses with ensure_ascii=False
-
-
-def _indented(o: Any, indent: str, out: List[str]) -> None:
-    t = type(o)
-    if t is str:
-        out.append(_quote(o))
-    elif t is dict or t is list:
-        if not o:
-            out.append("{}" if t is dict else "[]")
-            return
-        inner = indent + "  "
-        sep = ",\n" + inner
-        out.append(("{\n" if t is dict else "[\n") + inner)
-        first = True
-        if t is dict:
-            for k, v in o.items():
-                if type(k) is not str:
-                    raise _NotPlain
-                if first:
-                    first = False
-                else:
-                    out.append(sep)
-                out.append(_quote(k) + ": ")
-                _indented(v, inner, out)
-        else:
-            for v in o:
-                if first:
-                    first = False
-                else:
-                    out.append(sep)
-                _indented(v, inner, out)
-        out.append("\n" + indent + ("}" if t is dict else "]"))
-    elif t is int:
-        out.append(int.__repr__(o))
-    elif t is bool:
-        out.append("true" if o else "false")
-    elif o is None:
-        out.append("null")
-    elif t is float and math.isfinite(o):
-        out.append(float.__repr__(o))
-    else:
-        raise _NotPlain
+    """A definition file's text: ``json.dumps(doc, indent=2, ensure_ascii=False)`` and a newline."""
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
 # Temp files are ``.defc-{pid}-{n}.tmp`` next to their target: never a ``*.json``, so a reader
@@ -108,15 +48,12 @@ os.umask(_UMASK)
 
 
 _counter = itertools.count()
-_PID = [os.getpid()]             # getpid is a system call; forked workers learn theirs
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 
 def _write_temp(path: str, data: bytes) -> Tuple[int, str]:
     """Create ``.defc-{pid}-{n}.tmp`` next to path and write data into it; return (open fd, temp path)."""
     folder = os.path.dirname(path) or "."
-    pid = _PID[0]
+    pid = os.getpid()
     while True:
         tmp = os.path.join(folder, f"{TEMP_PREFIX}{pid}-{next(_counter)}{TEMP_SUFFIX}")
         try:
@@ -130,13 +67,6 @@ def _write_temp(path: str, data: bytes) -> Tuple[int, str]:
             os.makedirs(folder, exist_ok=True)
     try:
         view = memoryview(data)
-        slow = os.environ.get("DEFC_TEST_SLOW_WRITE")   # test hook: the interrupted-compile test
-        if slow:
-            half = len(view) // 2
-            while half:
-                half -= os.write(fd, view[:half])
-            time.sleep(float(slow))
-            view = view[len(data) // 2:]
         while len(view):
             view = view[os.write(fd, view):]
     except BaseException:

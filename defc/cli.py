@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import atexit
-import gc
 import importlib
+import logging
 import os
 import sys
-import threading
 from typing import List, Optional
 
 from . import __version__
@@ -56,10 +54,8 @@ def _print_traceback() -> None:
     traceback.print_exc()
 
 
-def main(argv=None, *, whole_process: bool = False) -> int:
-    """Run one defc command; its exit status.  ``whole_process``: the command owns this process
-    (the ``defc`` script), so a command that asks for it (``cycle_collector=False`` among its
-    parser's defaults) runs with Python's cycle collector off."""
+def main(argv=None) -> int:
+    """Run one defc command; its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("DEFC_DEBUG") == "1"
     ap = build_parser(_command(argv))
@@ -67,8 +63,21 @@ def main(argv=None, *, whole_process: bool = False) -> int:
     if not getattr(args, "func", None):
         ap.print_help()
         return 2
-    if whole_process and getattr(args, "cycle_collector", True) is False:
-        gc.disable()
+    log = logging.getLogger("defc")
+    shown = logging.StreamHandler(sys.stderr)
+    shown.setFormatter(logging.Formatter("defc: %(message)s"))
+    if debug:           # what defc logs, e.g. why the result cache did not reuse a model
+        log.addHandler(shown)
+        log.setLevel(logging.DEBUG)
+    try:
+        return _run(args, debug)
+    finally:
+        if debug:
+            log.removeHandler(shown)
+            log.setLevel(logging.NOTSET)
+
+
+def _run(args, debug: bool) -> int:
     from compiler.errors import DefcError, DefcErrors
     try:
         return int(args.func(args) or 0)
@@ -96,21 +105,8 @@ def main(argv=None, *, whole_process: bool = False) -> int:
 
 
 def entry() -> None:
-    """The ``defc`` script: :func:`main`, then the process ends at once.  Tearing the interpreter
-    down (freeing every object, a last cycle collection) costs a compile of the catalogue about
-    30 ms and achieves nothing that the end of the process does not.  It is skipped, after the
-    output is flushed, only when nothing is registered to run at exit, no other thread runs and
-    no tracer or profiler is set; otherwise the exit is the usual one."""
-    code = main(whole_process=True)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        sys.exit(code)                      # e.g. a closed pipe: the usual exit deals with it
-    count = getattr(atexit, "_ncallbacks", None)
-    if count is None or count() or threading.active_count() > 1 or sys.gettrace() or sys.getprofile():
-        sys.exit(code)                      # (a profiler or coverage writes its report after this)
-    os._exit(code)
+    """The ``defc`` script."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":

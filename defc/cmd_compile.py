@@ -37,7 +37,7 @@ def register(sub) -> None:
     p.add_argument("--specs-dir", default=None, help="folder of specs (default: the project's specs/)")
     # A compile that owns its process frees what it allocates by reference counting: the cycle
     # collector would only walk its live objects (about 130k for the catalogue, ~30 ms a pass).
-    p.set_defaults(func=run, cycle_collector=False)
+    p.set_defaults(func=run)
 
 
 def options_from(args, model=None):

@@ -61,12 +61,27 @@ def temp_files(folder):
     return [p for p in files_under(folder) if os.path.basename(p).startswith(W.TEMP_PREFIX)]
 
 
-def defc_process(args, **env):
+# runs defc with every os.write stopping after half its bytes for 0.05 s (a short write, which the
+# writer must continue), so that a kill lands in the middle of writing a file
+SLOW_WRITES = """
+import os, sys, time
+real_write = os.write
+def half_then_pause(fd, data):
+    n = real_write(fd, bytes(data[:max(1, len(data) // 2)]))
+    time.sleep(0.05)
+    return n
+os.write = half_then_pause
+from defc.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def defc_process(args, slow_writes=False):
     e = dict(os.environ)
     e.pop("DEFC_DEBUG", None)
     e["PYTHONPATH"] = PROJECT_ROOT + os.pathsep + e.get("PYTHONPATH", "")
-    e.update(env)
-    return subprocess.Popen([sys.executable, "-m", "defc.cli"] + args, env=e, stdout=subprocess.PIPE,
+    cmd = ["-c", SLOW_WRITES] if slow_writes else ["-m", "defc.cli"]
+    return subprocess.Popen([sys.executable] + cmd + args, env=e, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
 
 
@@ -148,9 +163,9 @@ def test_apply_reports_os_errors_as_one_line(tmp_path):
 
 def test_killed_compile_leaves_only_complete_json_and_next_run_cleans_up(specs, tmp_path):
     out = str(tmp_path / "out")
-    # every write stops halfway for 0.05 s (test hook), so the kill lands in the middle of one: after
-    # the first batch is in place, while the second batch's temp files are being written
-    proc = defc_process(compile_args(specs, out), DEFC_TEST_SLOW_WRITE="0.05")
+    # every write stops halfway for 0.05 s, so the kill lands in the middle of one: after the first
+    # batch is in place, while the second batch's temp files are being written
+    proc = defc_process(compile_args(specs, out), slow_writes=True)
     deadline = time.time() + 60
     try:
         while time.time() < deadline:
@@ -271,7 +286,7 @@ OWN_WRITES = {
     os.path.join("compiler", "write.py"): "the atomic writer itself",
     os.path.join("runners", "trace.py"): "a subprocess log file, not part of a dataset",
     os.path.join("runners", "sglang_pass.py"): "runs inside SGLang's process; writes its own temp + os.replace",
-    os.path.join("compiler", "load.py"): "the parse cache (~/.cache/defc), not a dataset: its own temp + os.replace",
+    os.path.join("compiler", "cache.py"): "the caches (~/.cache/defc), not a dataset: their own temp + os.replace",
 }
 WRITE_CALL = re.compile(r"open\([^)]*['\"](?:w|wb|a|ab|x|w\+)['\"]|\.write_text\(|\.write_bytes\(|shutil\.(?:copy|move)")
 
