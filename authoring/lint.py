@@ -33,7 +33,7 @@ from compiler.paths import MODEL_FACTS, SPECS_DIR
 from .coverage import cached_inputs
 
 SERVING_SYMBOLS = ("tp", "ep", "dp", "attn_dp", "dp_attention")
-ALWAYS_KNOWN = ("label", "model", "quantization")
+ALWAYS_KNOWN = ("label", "model", "quantization", "config_nulls")
 
 # Tag namespaces of the curated dataset, flashinfer-bench's conventions and FlashInfer's trace templates.
 TAG_NAMESPACES = (
@@ -99,12 +99,19 @@ def _catalogue_fields(nesting: Tuple[str, ...]) -> frozenset:
     return frozenset(names)
 
 
+def documented_keys(data: dict) -> Set[str]:
+    """The config keys the facts file's config_keys table names (read, ignored or unmodelled)."""
+    keys = _d(data.get("config_keys"))
+    return set().union(*(_d(keys.get(k)) for k in ("read", "ignored", "unmodelled")))
+
+
 def universe(facts_doc: Optional[Located]) -> Set[str]:
-    """Names every formula may read: catalogue config fields, facts, serving symbols."""
+    """Names every formula may read: catalogue config fields, the config keys the facts file
+    documents, facts, serving symbols."""
     data = facts_doc.data if facts_doc is not None and isinstance(facts_doc.data, dict) else {}
     nesting = tuple(x for x in (data.get("nesting") or []) if isinstance(x, str))
     facts = set((data.get("facts") or {}) if isinstance(data.get("facts"), dict) else {})
-    return set(_catalogue_fields(nesting)) | facts | set(SERVING_SYMBOLS) | set(ALWAYS_KNOWN)
+    return set(_catalogue_fields(nesting)) | documented_keys(data) | facts | set(SERVING_SYMBOLS) | set(ALWAYS_KNOWN)
 
 
 def _names(source: Any) -> Tuple[Set[str], Set[str]]:
@@ -619,7 +626,7 @@ def facts_problems(doc: Located) -> List[DefcError]:
     probs = list(schema_errors(doc, "model_facts.schema.json"))
     data = _d(doc.data)
     nesting = tuple(x for x in _l(data.get("nesting")) if isinstance(x, str))
-    known = set(_catalogue_fields(nesting)) | set(SERVING_SYMBOLS) | set(ALWAYS_KNOWN)
+    known = set(_catalogue_fields(nesting)) | documented_keys(data) | set(SERVING_SYMBOLS) | set(ALWAYS_KNOWN)
     S = _Scope(doc, known, probs)
     defined: Set[str] = set()
     for name, alts in _d(data.get("facts")).items():

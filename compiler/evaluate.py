@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from . import formula as F
 from .check import DTYPES, PLACEHOLDER, Spec, field_name
 from .errors import DefcError
+from .facts import UNDEFINED, root_missing
 from .serving import Serving
 
 
@@ -53,9 +54,8 @@ class Instance:
         return {k: v["value"] for k, v in self.axes.items() if v.get("type") == "const"}
 
 
-# env key (unreachable from formulas and placeholders: names may not start with '_') recording,
-# for each let that could not be computed, the undefined name it read
-UNDEFINED_LETS = "_undefined_lets"
+# env key recording, for each fact or let that could not be computed, the undefined name it read
+UNDEFINED_LETS = UNDEFINED
 
 
 def fmt_value(v: Any) -> str:
@@ -151,16 +151,8 @@ class Evaluator:
 
     @staticmethod
     def _missing(name: str, env: Dict[str, Any]) -> str:
-        """The undefined name behind ``name``: a let that could not be computed points at the
-        field it lacked (``'k' (a let: needs 'hidden_size')``)."""
-        why = env.get(UNDEFINED_LETS) or {}
-        chain = []
-        while name in why and env.get(name) is None and name not in chain:
-            chain.append(name)
-            name = why[name]
-        if not chain:
-            return f"'{name}'"
-        return f"'{chain[0]}' (a let, undefined because it needs '{name}')"
+        """The config field behind an undefined name (through the facts and lets that needed it)."""
+        return f"'{root_missing(name, env)}'"
 
     def _let(self, spec, path, name, env, ctx, f: F.Formula) -> None:
         """Bind a let; one that reads an undefined name stays undefined (an error only where it is

@@ -1,4 +1,19 @@
-"""Model facts: a config.json flattened, plus the derived facts of ``specs/_model_facts.yaml``."""
+"""Model facts: a config.json flattened, plus the derived facts of ``specs/_model_facts.yaml``.
+
+That file holds three tables:
+
+* ``facts``: named features derived from config fields in their Hugging Face meaning; each is a
+  list of alternatives (a config path, a formula, or a value from the architecture table), the
+  first that can be computed wins.  An alternative marked ``assumed`` is a guess (e.g. the
+  default for an architecture defc does not know): a model whose fact comes from it gets a
+  warning, and the definitions that read the fact are not ``status:verified``.
+* ``architectures``: what config.json does not say, one row per ``architectures[0]`` string, each
+  with its source (the SGLang model file that calls FlashInfer; where transformers differs,
+  SGLang wins and the row says so).
+* ``config_keys``: every config key that changes no kernel (``ignored``), and every key that
+  changes kernels defc cannot express yet (``unmodelled``, with the op types it affects).  A key in
+  neither table and read by no fact or spec is unknown.
+"""
 from __future__ import annotations
 
 import os
@@ -14,12 +29,35 @@ from .paths import MODEL_FACTS, SPECS_DIR
 
 
 @dataclass
+class Alternative:
+    path: Tuple                       # where it is in the facts file
+    kind: str                         # "path" (a config path), "formula" or "arch" (a row's value)
+    payload: Any                      # the path's parts, the formula, or the row key
+    when: Optional[F.Formula]
+    assumed: Optional[str] = None     # why this value is only a guess, if it is one
+
+
+@dataclass
 class FactsSpec:
     doc: Located
     nesting: List[str]
     quant_names: Dict[str, str]
-    facts: List[Tuple[str, List[Tuple[Tuple, Any, Optional[F.Formula], Optional[F.Formula]]]]]
-    # per fact: [(path, kind('path'|'formula'), payload, when_formula)]
+    facts: List[Tuple[str, List[Alternative]]]
+    architectures: Dict[str, Dict[str, Any]]
+    ignored_keys: Dict[str, str]                     # key -> why it changes no kernel
+    unmodelled_keys: Dict[str, Dict[str, Any]]       # key -> {when (formula), why, affects}
+
+    def reads(self, name: str) -> set:
+        """The names a fact reads (its formulas' symbols and the roots of its paths)."""
+        out = set()
+        for alt in dict(self.facts).get(name, ()):
+            if alt.when is not None:
+                out |= alt.when.symbols
+            if alt.kind == "formula":
+                out |= alt.payload.symbols
+            elif alt.kind == "path":
+                out.add(alt.payload[0])
+        return out
 
 
 def load_facts(specs_dir: str = SPECS_DIR) -> FactsSpec:
@@ -45,15 +83,27 @@ def _load_facts(specs_dir: str) -> FactsSpec:
                 if isinstance(alt, dict):
                     when = F.parse(alt["when"]) if "when" in alt else None
                     if "path" in alt:
-                        parsed.append((p, "path", alt["path"].split("."), when))
+                        parsed.append(Alternative(p, "path", alt["path"].split("."), when, alt.get("assumed")))
+                    elif "arch" in alt:
+                        parsed.append(Alternative(p, "arch", alt["arch"], when, alt.get("assumed")))
                     else:
-                        parsed.append((p, "formula", F.parse(alt["value"]), when))
+                        parsed.append(Alternative(p, "formula", F.parse(alt["value"]), when, alt.get("assumed")))
                 else:
-                    parsed.append((p, "formula", F.parse(alt), None))
+                    parsed.append(Alternative(p, "formula", F.parse(alt), None))
             except F.FormulaError as e:
                 raise DefcError(f"bad formula: {e}", doc.where(p), field_name(p)) from None
         facts.append((name, parsed))
-    return FactsSpec(doc, list(doc.data.get("nesting") or []), dict(doc.data.get("quantization_names") or {}), facts)
+    keys = doc.data.get("config_keys") or {}
+    unmodelled = {}
+    for key, row in (keys.get("unmodelled") or {}).items():
+        p = ("config_keys", "unmodelled", key, "when")
+        try:
+            when = F.parse(row.get("when", f"defined({key})"))
+        except F.FormulaError as e:
+            raise DefcError(f"bad formula: {e}", doc.where(p), field_name(p)) from None
+        unmodelled[key] = {"when": when, "why": row["why"], "affects": list(row.get("affects") or [])}
+    return FactsSpec(doc, list(doc.data.get("nesting") or []), dict(doc.data.get("quantization_names") or {}), facts,
+                     dict(doc.data.get("architectures") or {}), dict(keys.get("ignored") or {}), unmodelled)
 
 
 def flatten_config(config: Dict[str, Any], nesting: List[str]) -> Dict[str, Any]:
@@ -90,6 +140,11 @@ def _normalise(v):
     return v
 
 
+# env keys (unreachable from formulas: names may not start with '_'):
+ASSUMED = "_assumed"            # fact -> why its value is a guess
+UNDEFINED = "_undefined"        # name (fact or let) that could not be computed -> the name it lacked
+
+
 def model_env(config: Dict[str, Any], serving: Dict[str, Any], facts: FactsSpec, slug: str,
               origin: str) -> Dict[str, Any]:
     """The symbol table every spec formula sees for one (model, serving config)."""
@@ -97,28 +152,52 @@ def model_env(config: Dict[str, Any], serving: Dict[str, Any], facts: FactsSpec,
     env: Dict[str, Any] = {k: _normalise(v) for k, v in flat.items()}
     env.update(serving)
     env["model"] = slug
+    env["config_nulls"] = sorted(k for k, v in flat.items() if v is None)
+    assumed: Dict[str, str] = {}
+    undefined: Dict[str, str] = {}
     for name, alts in facts.facts:
         value = None
-        for path, kind, payload, when in alts:
-            current = when
+        lacked = None
+        for alt in alts:
+            current = alt.when
             try:
-                if when is not None and not F.truth(when, env):
+                if alt.when is not None and not F.truth(alt.when, env):
                     continue
-                current = payload if kind == "formula" else None
-                if kind == "path":
-                    value = _path_value(config, flat, payload)
+                current = alt.payload if alt.kind == "formula" else None
+                if alt.kind == "path":
+                    value = _path_value(config, flat, alt.payload)
+                elif alt.kind == "arch":
+                    value = (facts.architectures.get(env.get("architecture")) or {}).get(alt.payload)
                 else:
-                    value = payload.evaluate(env)
-            except F.UndefinedSymbol:
+                    value = alt.payload.evaluate(env)
+            except F.UndefinedSymbol as e:
                 value = None
+                lacked = lacked or e.name
             except F.FormulaError as e:
                 src = f"'{current.source}': " if current is not None and current.source not in str(e) else ""
-                raise DefcError(f"fact '{name}' for model {slug} ({origin}): {src}{e}", facts.doc.where(path),
-                                field_name(path)) from None
+                raise DefcError(f"fact '{name}' for model {slug} ({origin}): {src}{e}", facts.doc.where(alt.path),
+                                field_name(alt.path)) from None
             if value is not None:
+                if alt.assumed:
+                    assumed[name] = alt.assumed
                 break
         env[name] = value
+        if value is None and lacked is not None:
+            undefined[name] = lacked
+    env[ASSUMED] = assumed
+    env[UNDEFINED] = undefined
     return env
+
+
+def root_missing(name: str, env: Dict[str, Any]) -> str:
+    """The config field behind an undefined name: a fact or let that could not be computed points
+    at the name it lacked, and so on."""
+    why = env.get(UNDEFINED) or {}
+    seen = []
+    while name in why and env.get(name) is None and name not in seen:
+        seen.append(name)
+        name = why[name]
+    return name
 
 
 def quant_key(facts: FactsSpec, word: Optional[str]) -> str:

@@ -199,8 +199,10 @@ definitions:
 def test_default_targets_include_the_facts(tmp_path):
     specs, tdir, _ = workspace(tmp_path)
     facts = os.path.join(specs, "_model_facts.yaml")
-    with open(facts, "a") as fh:
-        fh.write("  broken_fact: 'hiden_size * 2'\n  bad_syntax: 'a +'\n")
+    with open(facts) as fh:
+        text = fh.read()
+    with open(facts, "w") as fh:
+        fh.write(text.replace("\nfacts:\n", "\nfacts:\n  broken_fact: 'hiden_size * 2'\n  bad_syntax: 'a +'\n", 1))
     got = lines(lint([], specs_dir=specs, extra_templates=[tdir]))
     assert any("facts.broken_fact" in g and ": warning: " in g and "hiden_size" in g for g in got), got
     assert any("facts.bad_syntax" in g and ": error: " in g for g in got), got
