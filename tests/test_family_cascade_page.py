@@ -110,9 +110,9 @@ def test_merge_references_agree_with_flashinfer_templates(compiled):
     gen = torch.Generator().manual_seed(1)
     v = [torch.randn(5, 32, 128, generator=gen).to(torch.bfloat16) for _ in range(3)]
     s = [torch.randn(5, 32, generator=gen) * 4 for _ in range(3)]
-    pairs = [("merge_state_h32_d128", fc._merge_state_reference, (v[0], s[0], v[1], s[1])),
-             ("merge_state_in_place_h32_d128", fc._merge_state_in_place_reference, (v[0], s[0], v[1], s[1])),
-             ("merge_states_h32_d128", fc._merge_states_reference, (torch.stack(v, 1), torch.stack(s, 1)))]
+    pairs = [("merge_state_h32_d128", fc.merge_state_trace.reference, (v[0], s[0], v[1], s[1])),
+             ("merge_state_in_place_h32_d128", fc.merge_state_in_place_trace.reference, (v[0], s[0], v[1], s[1])),
+             ("merge_states_h32_d128", fc.merge_states_trace.reference, (torch.stack(v, 1), torch.stack(s, 1)))]
     for name, theirs_fn, args in pairs:
         ours, theirs = load_reference(docs[name])(*args), theirs_fn(*args)
         # (their pair references return v in float32: they rebind v_a to its float32 copy before
@@ -217,7 +217,7 @@ def test_append_reference(compiled, ps):
     flashinfer()
     from flashinfer.trace.templates import page as fp
     kt, vt = case["k_cache"].clone(), case["v_cache"].clone()
-    fp._append_paged_kv_cache_reference(case["append_key"], case["append_value"], case["batch_indices"],
+    fp.append_paged_kv_cache_trace.reference(case["append_key"], case["append_value"], case["batch_indices"],
                                         case["positions"], (kt, vt), case["kv_indices"], case["kv_indptr"],
                                         case["kv_last_page_len"])
     assert torch.equal(kt, k_out) and torch.equal(vt, v_out)

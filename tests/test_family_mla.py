@@ -273,8 +273,8 @@ def test_matches_flashinfer_template_references(ds_tp8):
     ki = torch.tensor([0, 3, 8], dtype=torch.int32)
     ours = load_reference(ds_tp8["mla_ragged_prefill_causal_h16_qk192_vo128"])(q, k, v, qi, ki, 0.07)
     with pytest.raises(RuntimeError):
-        A._gqa_ragged_prefill_reference(q, k, v, qi, ki, 0.07)
-    theirs = A._gqa_ragged_prefill_reference(q, k, torch.cat([v, torch.zeros(8, 16, 64).bfloat16()], -1), qi, ki, 0.07)
+        A.gqa_ragged_prefill_trace.reference(q, k, v, qi, ki, 0.07)
+    theirs = A.gqa_ragged_prefill_trace.reference(q, k, torch.cat([v, torch.zeros(8, 16, 64).bfloat16()], -1), qi, ki, 0.07)
     torch.testing.assert_close(ours[0].float(), theirs[0][..., :128].float(), atol=1e-2, rtol=1e-2)
     assert theirs[0][..., 128:].abs().max() == 0
     torch.testing.assert_close(ours[1], theirs[1], atol=1e-4, rtol=1e-4)

@@ -69,9 +69,9 @@ def test_filters_match_flashinfer_reference_filters(refs):
     nucleus = [1, 3, 10, 50, 200, 1000]
     cum = torch.nn.functional.pad(torch.sort(probs, dim=-1, descending=True).values.cumsum(-1), (1, 0))
     top_p = torch.stack([(cum[i, n - 1] + cum[i, n]) / 2 for i, n in enumerate(nucleus)])
-    fk = torch.cat([fi._top_k_renorm_probs_reference(probs[i:i + 1], int(top_k[i])) for i in range(6)])
-    fp = fi._top_p_renorm_probs_reference(probs, top_p)
-    fkp = torch.cat([fi._top_p_renorm_probs_reference(fk[i:i + 1], top_p[i:i + 1]) for i in range(6)])
+    fk = torch.cat([fi.top_k_renorm_probs_trace.reference(probs[i:i + 1], int(top_k[i])) for i in range(6)])
+    fp = fi.top_p_renorm_probs_trace.reference(probs, top_p)
+    fkp = torch.cat([fi.top_p_renorm_probs_trace.reference(fk[i:i + 1], top_p[i:i + 1]) for i in range(6)])
     torch.testing.assert_close(refs["top_k"]["filtered_probs"](probs, top_k), fk, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(refs["top_p"]["filtered_probs"](probs, top_p), fp, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(refs["top_k_top_p"]["filtered_probs"](probs, top_k, top_p), fkp, atol=1e-6, rtol=1e-5)
