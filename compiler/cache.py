@@ -27,7 +27,7 @@ import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-VERSION = "4"          # 3: positions kept as JSON text; 4: one cache module, result keys by parts
+VERSION = "5"          # 3: positions kept as JSON text; 4: one cache module, result keys by parts; 5: findings
 MAX_RESULTS = 2000     # beyond this many stored compiles, the older half is removed
 
 log = logging.getLogger("defc")
@@ -156,14 +156,18 @@ def _last_key(model) -> str:
     return f"last-{VERSION}-" + hashlib.sha256(json.dumps([model.slug, model.origin]).encode("utf-8")).hexdigest()
 
 
-def get_result(model, parts: Dict[str, str]) -> Optional[Tuple[List[Tuple[Dict[str, Any], List[str]]], List[str]]]:
-    """A model's stored definitions (each with the serving configs it comes from) and their file
-    texts, or None; a miss is logged with its reason."""
+def get_result(model, parts: Dict[str, str]) -> Optional[Tuple[List[Tuple[Dict[str, Any], List[str]]], List[str],
+                                                                   List[Dict[str, Any]]]]:
+    """A model's stored definitions (each with the serving configs it comes from), their file
+    texts and the model's findings (as JSON), or None; a miss is logged with its reason."""
     hit = get(_result_key(parts))
     if hit is not None:
         try:
             docs, texts = [], []
-            for text, sources in hit[0]:
+            found = hit[0]["findings"]
+            if not (isinstance(found, list) and all(isinstance(f, dict) for f in found)):
+                raise ValueError("not findings")
+            for text, sources in hit[0]["definitions"]:
                 doc = json.loads(text)
                 if not (isinstance(doc, dict) and isinstance(doc.get("name"), str)
                         and isinstance(doc.get("op_type"), str) and isinstance(doc.get("tags"), list)
@@ -172,8 +176,8 @@ def get_result(model, parts: Dict[str, str]) -> Optional[Tuple[List[Tuple[Dict[s
                 docs.append((doc, sources))
                 texts.append(text)
             log.debug("result cache: %s reused", model.slug)
-            return docs, texts
-        except (TypeError, ValueError):
+            return docs, texts, found
+        except (TypeError, ValueError, KeyError):
             log.debug("result cache: %s not reused: its entry is damaged", model.slug)
             return None
     last = get(_last_key(model))
@@ -187,9 +191,10 @@ def get_result(model, parts: Dict[str, str]) -> Optional[Tuple[List[Tuple[Dict[s
 
 
 def put_result(model, parts: Dict[str, str], docs: Sequence[Tuple[Dict[str, Any], List[str]]],
-               texts: Sequence[str]) -> None:
-    """Store a model's definitions as their file texts (write.dumps of each)."""
-    put(_result_key(parts), [[text, list(sources)] for (_, sources), text in zip(docs, texts)])
+               texts: Sequence[str], found: Sequence[Dict[str, Any]]) -> None:
+    """Store a model's definitions as their file texts (write.dumps of each), with its findings."""
+    put(_result_key(parts), {"definitions": [[text, list(sources)] for (_, sources), text in zip(docs, texts)],
+                             "findings": list(found)})
     put(_last_key(model), parts)
     _prune()
 

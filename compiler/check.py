@@ -154,6 +154,7 @@ def _formula_paths(data: dict) -> Iterator[Tuple[Tuple, Any]]:
         yield ("requires",), data["requires"]
     for k, v in (data.get("let") or {}).items():
         yield ("let", k), v
+    yield from _gap_paths(data, ())
     for i, d in enumerate(data.get("definitions") or []):
         if not isinstance(d, dict):
             continue
@@ -162,6 +163,7 @@ def _formula_paths(data: dict) -> Iterator[Tuple[Tuple, Any]]:
             yield base + ("when",), d["when"]
         for k, v in (d.get("let") or {}).items():
             yield base + ("let", k), v
+        yield from _gap_paths(d, base)
         for j, c in enumerate(d.get("cases") or []):
             if isinstance(c, dict):
                 if "when" in c:
@@ -187,6 +189,12 @@ def _formula_paths(data: dict) -> Iterator[Tuple[Tuple, Any]]:
         if isinstance(ref, dict):
             for k, v in (ref.get("params") or {}).items():
                 yield base + ("reference", "params", k), v
+
+
+def _gap_paths(item: dict, base: Tuple) -> Iterator[Tuple[Tuple, Any]]:
+    for j, g in enumerate(item.get("gaps") or []):
+        if isinstance(g, dict) and "when" in g:
+            yield base + ("gaps", j, "when"), g["when"]
 
 
 def spec_problems(doc: Located) -> Tuple[List[DefcError], Dict[Tuple, F.Formula]]:

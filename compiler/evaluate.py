@@ -21,6 +21,30 @@ from .facts import UNDEFINED, root_missing
 from .serving import Serving
 
 
+class MissingField(DefcError):
+    """A formula needs a config field (through the facts and lets that read it) the model does
+    not have: the family cannot be evaluated for that model, which is a gap, not an error."""
+
+    def __init__(self, message: str, location, field: str, config_field: str):
+        super().__init__(message, location, field)
+        self.config_field = config_field
+
+
+@dataclass
+class Gap:
+    """What a spec or definition could not describe for a model at a serving config."""
+
+    family: str
+    definition: Optional[str]          # the definition id, or None for the whole spec
+    serving: str                       # the serving config's label
+    why: str
+    where: str                         # the spec location that decided it
+
+    def line(self) -> str:
+        what = f"{self.family}" + (f" ({self.definition})" if self.definition else "")
+        return f"{what} at {self.serving}: {self.why} [{self.where}]"
+
+
 @dataclass
 class Instance:
     """One definition, fully evaluated, not yet rendered."""
@@ -48,6 +72,7 @@ class Instance:
     verify: Dict[str, Any] = field(default_factory=dict)
     env: Dict[str, Any] = field(default_factory=dict, repr=False)
     origins: List[str] = field(default_factory=list)
+    reads: frozenset = frozenset()        # every name its definition's formulas and texts read
 
     @property
     def const_axes(self) -> Dict[str, int]:
@@ -110,6 +135,17 @@ def substitute(text: str, env: Dict[str, Any], spec: Spec, path: Tuple) -> str:
     return "".join(out)
 
 
+def _placeholder_names(value: Any) -> set:
+    """The names in every ``{placeholder}`` of the strings in value (a spec's data)."""
+    if isinstance(value, str):
+        return {m.group(1).strip() for m in PLACEHOLDER.finditer(value)}
+    if isinstance(value, dict):
+        return set().union(*(_placeholder_names(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_placeholder_names(v) for v in value))
+    return set()
+
+
 class _Where:
     """A lazy ``(location, field)`` pair: most lookups are never needed (no error is raised)."""
 
@@ -124,12 +160,18 @@ class _Where:
 
 
 class Evaluator:
-    """Evaluates specs for one model."""
+    """Evaluates specs for one model.  ``config_names``: the names that stand for config fields
+    (facts, the fields they read, the keys the facts file documents); a formula that lacks one of
+    them raises :class:`MissingField` (a gap) instead of a plain error (most likely a typo in the
+    spec).  Declared ``gaps:`` that hold are collected in ``self.gaps``."""
 
-    def __init__(self, model_slug: str, quant_selection: Optional[Sequence[str]] = None):
+    def __init__(self, model_slug: str, quant_selection: Optional[Sequence[str]] = None,
+                 config_names: frozenset = frozenset()):
         self.model = model_slug
         # None: the serving config's own quantization; a list: exactly these; ["all"]: every variant
         self.quant_selection = quant_selection
+        self.config_names = config_names
+        self.gaps: List[Gap] = []
 
     # -- helpers --------------------------------------------------------------------------------
     def _where(self, spec: Spec, path: Tuple):
@@ -175,13 +217,19 @@ class Evaluator:
         except F.FormulaError as e:
             raise DefcError(f"'{f.source}': {e} ({ctx})", *self._where(spec, path)) from None
 
+    def _undefined(self, message: str, name: str, env, spec, path) -> DefcError:
+        root = root_missing(name, env)
+        if root in self.config_names:
+            return MissingField(message, *self._where(spec, path), config_field=root)
+        return DefcError(message, *self._where(spec, path))
+
     def _value(self, spec, path, text, env, ctx, f: Optional[F.Formula] = None):
         f = f or self._formula(spec, path, text)
         try:
             return f.evaluate(env)
         except F.UndefinedSymbol as e:
-            raise DefcError(f"'{f.source}' needs {self._missing(e.name, env)}, which {ctx} does not define",
-                            *self._where(spec, path)) from None
+            raise self._undefined(f"'{f.source}' needs {self._missing(e.name, env)}, which {ctx} does not define",
+                                  e.name, env, spec, path) from None
         except F.FormulaError as e:
             raise DefcError(f"'{f.source}': {e} ({ctx})", *self._where(spec, path)) from None
 
@@ -190,8 +238,8 @@ class Evaluator:
         try:
             return F.positive_int(f, env)
         except F.UndefinedSymbol as e:
-            raise DefcError(f"axis '{axis}': '{f.source}' needs config field {self._missing(e.name, env)}, "
-                            f"which {ctx} does not have", *self._where(spec, path)) from None
+            raise self._undefined(f"axis '{axis}': '{f.source}' needs config field {self._missing(e.name, env)}, "
+                                  f"which {ctx} does not have", e.name, env, spec, path) from None
         except F.FormulaError as e:
             msg = str(e) if f.source in str(e) else f"'{f.source}': {e}"
             raise DefcError(f"axis '{axis}': {msg} for {ctx}", *self._where(spec, path)) from None
@@ -221,6 +269,8 @@ class Evaluator:
             return out
         for k, v in (data.get("let") or {}).items():
             self._let(spec, ("let", k), k, env0, ctx0, self._formula(spec, ("let", k), v))
+        if self._gap(spec, data.get("gaps"), (), env0, ctx0, serving, None):
+            return out
         let = self._let
         for i, d in enumerate(spec.definitions):
             plan = spec.plans.get(i)
@@ -246,8 +296,24 @@ class Evaluator:
                             let(spec, path, name, env, ctx, f)
                         if plan.when is not None and not self._truth(spec, plan.when_path, None, env, ctx, plan.when):
                             continue
+                        if self._gap(spec, d.get("gaps"), plan.base, env, ctx, serving, d["id"]):
+                            continue
                         out.append(self._instance(spec, i, d, plan, env, serving, q or own_q, ctx))
         return out
+
+    def _gap(self, spec: Spec, gaps, base: Tuple, env: Dict[str, Any], ctx: str, serving: Serving,
+             definition: Optional[str]) -> bool:
+        """Whether a declared gap holds (then it is recorded, once per serving config)."""
+        for j, g in enumerate(gaps or ()):
+            path = base + ("gaps", j)
+            if self._truth(spec, path + ("when",), g["when"], env, ctx):
+                why = substitute(g["why"], env, spec, path + ("why",))
+                at = spec.where(path)
+                gap = Gap(spec.family, definition, serving.label(), why, f"{at.file}:{at.line}")
+                if gap not in self.gaps:
+                    self.gaps.append(gap)
+                return True
+        return False
 
     def _instance(self, spec: Spec, i: int, d: dict, plan: "_DefinitionPlan", env: Dict[str, Any],
                   serving: Serving, quant: str, ctx: str) -> Instance:
@@ -309,7 +375,7 @@ class Evaluator:
                         def_id=d["id"], fi_api=d.get("fi_api"), status=d.get("status", "verified"),
                         serving=serving, quantization=quant, aliases=aliases,
                         trace=d.get("trace") or {}, verify=d.get("verify") or {}, env=env,
-                        origins=[f"{self.model} {serving.label()}"])
+                        origins=[f"{self.model} {serving.label()}"], reads=plan.reads)
 
 
 _NO_LABEL = object()
@@ -321,7 +387,12 @@ class _DefinitionPlan:
 
     def __init__(self, spec: Spec, i: int, d: dict, lookup):
         base = self.base = ("definitions", i)
-        formula = lookup        # (spec, path, text) -> the parsed formula
+        reads = set(_placeholder_names(d))
+
+        def formula(spec, path, text) -> F.Formula:
+            f = lookup(spec, path, text)
+            reads.update(f.symbols)
+            return f
 
         def cond(item, p):
             return (formula(spec, p + ("when",), item["when"]), p + ("when",)) if "when" in item else (None, None)
@@ -373,6 +444,11 @@ class _DefinitionPlan:
         self.reference_template = ref["template"]
         self.template = d.get("template", "definition.json.j2")
         self.op_type = d.get("op_type") or spec.data.get("op_type") or spec.family
+        for j, g in enumerate(d.get("gaps") or ()):
+            formula(spec, base + ("gaps", j, "when"), g["when"])
+        # every name the definition reads (its formulas and placeholders), for telling which
+        # definitions a doubtful fact or config key reaches
+        self.reads = frozenset(reads)
 
     @staticmethod
     def _texts(spec, items, base, key, cond):

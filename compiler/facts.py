@@ -46,18 +46,24 @@ class FactsSpec:
     architectures: Dict[str, Dict[str, Any]]
     ignored_keys: Dict[str, str]                     # key -> why it changes no kernel
     unmodelled_keys: Dict[str, Dict[str, Any]]       # key -> {when (formula), why, affects}
+    read_keys: Dict[str, str]                        # key no catalogue model has -> what reads it
 
-    def reads(self, name: str) -> set:
+    def __post_init__(self):
+        self._reads: Dict[str, frozenset] = {}
+        for name, alts in self.facts:
+            out = set()
+            for alt in alts:
+                if alt.when is not None:
+                    out |= alt.when.symbols
+                if alt.kind == "formula":
+                    out |= alt.payload.symbols
+                elif alt.kind == "path":
+                    out.add(alt.payload[0])
+            self._reads[name] = frozenset(out)
+
+    def reads(self, name: str) -> frozenset:
         """The names a fact reads (its formulas' symbols and the roots of its paths)."""
-        out = set()
-        for alt in dict(self.facts).get(name, ()):
-            if alt.when is not None:
-                out |= alt.when.symbols
-            if alt.kind == "formula":
-                out |= alt.payload.symbols
-            elif alt.kind == "path":
-                out.add(alt.payload[0])
-        return out
+        return self._reads.get(name, frozenset())
 
 
 def load_facts(specs_dir: str = SPECS_DIR) -> FactsSpec:
@@ -103,7 +109,8 @@ def _load_facts(specs_dir: str) -> FactsSpec:
             raise DefcError(f"bad formula: {e}", doc.where(p), field_name(p)) from None
         unmodelled[key] = {"when": when, "why": row["why"], "affects": list(row.get("affects") or [])}
     return FactsSpec(doc, list(doc.data.get("nesting") or []), dict(doc.data.get("quantization_names") or {}), facts,
-                     dict(doc.data.get("architectures") or {}), dict(keys.get("ignored") or {}), unmodelled)
+                     dict(doc.data.get("architectures") or {}), dict(keys.get("ignored") or {}), unmodelled,
+                     dict(keys.get("read") or {}))
 
 
 def flatten_config(config: Dict[str, Any], nesting: List[str]) -> Dict[str, Any]:

@@ -24,7 +24,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .check import Spec, field_name, load_spec
 from .errors import DefcError, Location
 from .load import display_path
-from .evaluate import Evaluator, Instance
+from .diagnose import Finding, config_names, findings, unverified
+from .evaluate import Evaluator, Gap, Instance, MissingField
 from .facts import load_facts, model_env, quant_key
 from .models import ModelInfo, resolve_model
 from . import cache
@@ -60,6 +61,7 @@ class CompileResult:
     planned: List[Planned]
     notes: List[str] = field(default_factory=list)
     instances: Dict[str, List[Instance]] = field(default_factory=dict)
+    findings: List[Finding] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(1 for p in self.planned if p.status == status)
@@ -119,20 +121,32 @@ def _same_definition(a: Instance, b: Instance) -> bool:
 
 
 def evaluate_model(opts: CompileOptions, model: ModelInfo, facts, specs: List[Spec],
-                   servings: List[Serving]) -> Dict[str, List[Instance]]:
+                   servings: List[Serving]) -> Tuple[Dict[str, List[Instance]], List[Finding]]:
     """Every definition instance of the model at every serving config, grouped by name (a name
-    that two different definitions produce is an error)."""
+    that two different definitions produce is an error), and the model's findings (see
+    diagnose): the instances a finding reaches are marked ``unverified``.  A family that needs a
+    config field the model lacks is a gap; the other families are still evaluated."""
     probe = model_env(model.config, Serving().symbols(), facts, model.slug, model.origin)
     default_quant = quant_key(facts, probe.get("quant_method"))
     qsel = None
     if opts.quantization:
         qsel = ["all"] if "all" in opts.quantization else [quant_key(facts, q) for q in opts.quantization]
-    ev = Evaluator(model.slug, qsel)
+    ev = Evaluator(model.slug, qsel, config_names(facts))
     by_name: Dict[str, List[Instance]] = {}
+    envs = []
     for s in servings:
         env = model_env(model.config, s.symbols(), facts, model.slug, model.origin)
+        envs.append(env)
         for spec in specs:
-            for inst in ev.run(spec, env, s, default_quant):
+            try:
+                insts = ev.run(spec, env, s, default_quant)
+            except MissingField as e:
+                at = e.location
+                ev.gaps.append(Gap(spec.family, None, s.label(),
+                                   f"needs config field '{e.config_field}', which {model.slug} does not have",
+                                   f"{at.file}:{at.line}" if at else spec.path))
+                continue
+            for inst in insts:
                 if opts.op_types and inst.op_type not in opts.op_types:
                     continue
                 same = by_name.get(inst.name)
@@ -147,7 +161,12 @@ def evaluate_model(opts: CompileOptions, model: ModelInfo, facts, specs: List[Sp
                     same.append(inst)
                 else:
                     by_name[inst.name] = [inst]
-    return by_name
+    found = findings(model.config, facts, specs, envs, by_name, ev.gaps)
+    for name in unverified(found):
+        for inst in by_name[name]:
+            if inst.status == "verified":
+                inst.status = "unverified"
+    return by_name, found
 
 
 class LazyInstances(Mapping):
@@ -183,6 +202,7 @@ class ModelDefinitions:
     docs: List[Tuple[Dict[str, Any], List[str]]]     # (definition, serving configs it comes from)
     instances: Mapping                               # name -> [Instance], evaluated when first asked for
     texts: List[str]                                 # each definition as its file (write.dumps)
+    findings: List[Finding]                          # what could not be modelled (see diagnose)
 
 
 class CompileRun:
@@ -219,7 +239,7 @@ class CompileRun:
             if cache.shared_parts(*what) != self._parts[what]:
                 return
         for _, model, parts, md in self.to_store:
-            cache.put_result(model, parts, md.docs, md.texts)
+            cache.put_result(model, parts, md.docs, md.texts, [f.to_json() for f in md.findings])
         self.to_store.clear()
 
 
@@ -242,8 +262,9 @@ def model_definitions(opts: CompileOptions, run: CompileRun) -> ModelDefinitions
                  **cache.model_parts(model, servings, {"quantization": opts.quantization, "op_types": opts.op_types})}
         hit = cache.get_result(model, parts)
         if hit is not None:
-            return ModelDefinitions(model, servings, notes, hit[0], LazyInstances(evaluate), hit[1])
-    by_name = evaluate()
+            return ModelDefinitions(model, servings, notes, hit[0], LazyInstances(lambda: evaluate()[0]), hit[1],
+                                    [Finding.from_json(f) for f in hit[2]])
+    by_name, found = evaluate()
     docs = []
     renderer = run.renderer(dirs)
     for name, insts in by_name.items():
@@ -254,7 +275,7 @@ def model_definitions(opts: CompileOptions, run: CompileRun) -> ModelDefinitions
                     doc["tags"].append(t)
         _check_file_names(doc, insts[0])
         docs.append((doc, sorted({i.serving.label() for i in insts})))
-    md = ModelDefinitions(model, servings, notes, docs, by_name, [dumps(doc) for doc, _ in docs])
+    md = ModelDefinitions(model, servings, notes, docs, by_name, [dumps(doc) for doc, _ in docs], found)
     if parts is not None:
         run.to_store.append((what, model, parts, md))
     return md
@@ -262,7 +283,7 @@ def model_definitions(opts: CompileOptions, run: CompileRun) -> ModelDefinitions
 
 def _result(md: ModelDefinitions, planned: List[Planned]) -> CompileResult:
     planned.sort(key=lambda p: (p.doc.get("op_type", ""), p.doc.get("name", "")))
-    return CompileResult(md.model, md.servings, planned, md.notes, md.instances)
+    return CompileResult(md.model, md.servings, planned, md.notes, md.instances, md.findings)
 
 
 def compile_model(opts: CompileOptions) -> CompileResult:

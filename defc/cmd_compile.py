@@ -35,8 +35,11 @@ def register(sub) -> None:
     p.add_argument("--templates", action="append", default=[], metavar="DIR",
                    help="extra template folder searched before templates/")
     p.add_argument("--specs-dir", default=None, help="folder of specs (default: the project's specs/)")
-    # A compile that owns its process frees what it allocates by reference counting: the cycle
-    # collector would only walk its live objects (about 130k for the catalogue, ~30 ms a pass).
+    p.add_argument("--strict", action="store_true",
+                   help="treat every warning (an assumed fact, an unmodelled or unknown config key) and every gap "
+                        "as an error: print them and write nothing (exit 1)")
+    p.add_argument("--explain", action="store_true",
+                   help="list every config.json key and what became of it (used, ignored, unmodelled, unknown)")
     p.set_defaults(func=run)
 
 
@@ -75,6 +78,11 @@ def run(args) -> int:
     models = models_from(args)
     opts = options_from(args, models[0] if len(models) == 1 else None)
     results = compile_models(models or [None], opts)     # no --model: --config or --hf-repo-id names it
+    found = [(r.model.slug, f) for r in results for f in r.findings]
+    if args.strict and found:
+        for slug, f in found:                           # --strict: each finding is an error; nothing written
+            print(f"defc: error: {slug}: {f.line()}", file=sys.stderr)
+        return 1
     if not args.dry_run:
         write_planned_many(results)
     reports = [_report(r) for r in results]
@@ -92,19 +100,42 @@ def run(args) -> int:
             files = {p.path for r in results for p in r.planned if p.status in WRITES}
             verb = "would write" if args.dry_run else "wrote"
             print(f"{len(results)} models: {verb} {len(files)} files into {opts.out}")
+    if args.explain:
+        _explain(results, opts)
+    for slug, f in found:
+        print(f"defc: {'gap' if f.kind == 'gap' else 'warning'}: {slug}: {f.line()}", file=sys.stderr)
     collisions = sum(r.count("collision") for r in results)
+    gaps = sum(1 for _, f in found if f.kind == "gap")
+    if gaps:
+        print(f"defc: compiled with gaps: {gaps} family/serving config(s) could not be described "
+              f"(the other definitions were written)", file=sys.stderr)
     if collisions:
         print(f"defc: {collisions} collision(s): existing files differ and were left as they are "
               f"(use --force to replace, keeping .bak)", file=sys.stderr)
         return 1
-    return 0
+    return 1 if gaps else 0
+
+
+def _explain(results, opts) -> None:
+    """Every config key of each model and what became of it, then the model's findings."""
+    from compiler.diagnose import key_report
+    from compiler.facts import load_facts, model_env
+    from compiler.pipeline import CompileRun, spec_paths
+    from defc.output import table
+    facts = load_facts(opts.specs_dir)
+    specs = CompileRun().specs(spec_paths(opts.specs, opts.specs_dir))
+    for r in results:
+        envs = [model_env(r.model.config, s.symbols(), facts, r.model.slug, r.model.origin) for s in r.servings]
+        print(f"{r.model.slug}: config keys")
+        table(["key", "status", "what defc does with it"], [list(row) for row in key_report(r.model.config, facts, specs, envs)])
 
 
 def _report(result):
     rows = [{"status": p.status, "op_type": p.doc.get("op_type"), "name": p.doc.get("name"),
              "configs": p.sources, "path": p.path, "detail": p.detail} for p in result.planned]
     return {"model": result.model.slug,
-            "body": {"servings": [{"tp": s.tp, "ep": s.ep, "dp": s.dp, "dp_attention": s.dp_attention,
+            "body": {"findings": [f.to_json() for f in result.findings],
+                     "servings": [{"tp": s.tp, "ep": s.ep, "dp": s.dp, "dp_attention": s.dp_attention,
                                    "quantization": s.quantization, "from": list(s.origin)} for s in result.servings],
                      "notes": result.notes, "definitions": rows}}
 

@@ -107,10 +107,17 @@ def test_non_integer_split_is_one_located_line(specs, tmp_path, capsys):
 def test_missing_config_field_names_field_and_model(specs, tmp_path, capsys):
     spec = HEADS_SPEC.replace("num_attention_heads / attn_tp", "kv_lora_rank / attn_tp")
     open(os.path.join(specs, "heads.yaml"), "w").write(spec)
+    # a second family the model can be described by still compiles
+    open(os.path.join(specs, "other.yaml"), "w").write(
+        HEADS_SPEC.replace("family: heads", "family: other").replace('name: "heads_h{', 'name: "other_h{'))
     code, _, err = run(["compile", "--specs-dir", specs, "--model", "llama-3.1-8b", "--out", str(tmp_path / "o")], capsys)
-    assert code == 2
-    assert "heads.yaml:8:" in err and "needs config field 'kv_lora_rank'" in err and "llama-3.1-8b" in err
-    assert len(err.strip().splitlines()) == 1
+    assert code == 1                            # compiled with gaps
+    lines = err.strip().splitlines()
+    gap = [x for x in lines if x.startswith("defc: gap: llama-3.1-8b: heads: not compiled at tp1")]
+    assert len(gap) == 1 and "needs config field 'kv_lora_rank', which llama-3.1-8b does not have" in gap[0]
+    assert "heads.yaml:8" in gap[0]
+    assert lines[-1].startswith("defc: compiled with gaps: 1 ")
+    assert os.listdir(tmp_path / "o" / "definitions") == ["other"]
 
 
 def test_unknown_model_and_bad_options(tmp_path, capsys):
