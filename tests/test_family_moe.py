@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from conftest import load_reference, shared_path
+from conftest import golden_definition, load_reference
 from fi_oracle import concrete_shape, const_axes, fi_trace, flashinfer, meta
 
 F8 = torch.float8_e4m3fn
@@ -56,8 +56,7 @@ def _structure(d):
 
 
 def _golden(name):
-    with open(shared_path("golden", "definitions", "moe", name + ".json")) as fh:
-        return json.load(fh)
+    return golden_definition(name)      # vendored facts: tests/data/golden_definitions.json
 
 
 def _validate(docs):
@@ -169,6 +168,7 @@ H, E, K = 256, 16, 4
 DS_CFG = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "hidden_size": H,
           "n_routed_experts": E, "num_experts_per_tok": K, "n_group": 4, "topk_group": 2,
           "moe_intermediate_size": 256, "scoring_func": "sigmoid", "routed_scaling_factor": 2.5,
+          "topk_method": "noaux_tc", "norm_topk_prob": True,
           "num_attention_heads": 2, "num_key_value_heads": 2, "quantization_config": {"quant_method": "fp8"}}
 QWEN_CFG = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": H,
             "num_experts": E, "num_experts_per_tok": K, "moe_intermediate_size": 128, "norm_topk_prob": True,
@@ -191,11 +191,12 @@ FP8_NAME = {"ds": "moe_fp8_block_scale_ds_routing_topk4_ng4_kg2_e{e}_h256_i{i}",
             "renorm_naive": "moe_fp8_block_scale_renormalize_naive_routing_topk4_e16_h256_i128",
             "default": "moe_fp8_block_scale_default_routing_topk4_e16_h256_i128",
             "llama4": "moe_fp8_block_scale_llama4_routing_topk1_e16_h256_i128"}
-FI_FP8_REF = {"ds": "_trtllm_fp8_block_scale_moe_ds_routing_reference",
-              "renorm": "_trtllm_fp8_block_scale_moe_renormalize_routing_reference",
-              "renorm_naive": "_trtllm_fp8_block_scale_moe_renormalize_naive_routing_reference",
-              "default": "_trtllm_fp8_block_scale_moe_default_routing_reference",
-              "llama4": "_trtllm_fp8_block_scale_moe_llama4_routing_reference"}
+# FlashInfer's public templates (flashinfer.trace.templates.moe) whose .reference is each routing's
+FI_FP8_REF = {"ds": "trtllm_fp8_block_scale_moe_ds_routing_trace",
+              "renorm": "trtllm_fp8_block_scale_moe_renormalize_routing_trace",
+              "renorm_naive": "trtllm_fp8_block_scale_moe_renormalize_naive_routing_trace",
+              "default": "trtllm_fp8_block_scale_moe_default_routing_trace",
+              "llama4": "trtllm_fp8_block_scale_moe_llama4_routing_trace"}
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +325,7 @@ def test_fp8_block_scale_reference(small, kind):
     _close(got, want)
 
     # FlashInfer's template reference for the same routing_method_type
-    fi = getattr(_fi_templates(), FI_FP8_REF[kind])
+    fi = getattr(_fi_templates(), FI_FP8_REF[kind]).reference
     common = dict(hidden_states=d["x"], hidden_states_scale=d["xs"], gemm1_weights=d["w13"],
                   gemm1_weights_scale=d["s13"], gemm2_weights=d["w2"], gemm2_weights_scale=d["s2"],
                   top_k=k, local_expert_offset=0)
@@ -398,7 +399,7 @@ def test_fp8_per_tensor_reference(small, kind):
         # FlashInfer's template reference routes Default-style whatever routing_method_type says, and puts
         # output1_scales_gate_scalar on the first (up) half and output1_scales_scalar inside the SiLU:
         # equal to ours when both scales are equal, different otherwise (documented difference).
-        fi = _fi_templates()._trtllm_fp8_per_tensor_scale_moe_reference
+        fi = _fi_templates().trtllm_fp8_per_tensor_scale_moe_trace.reference
         kw = dict(routing_logits=logits, routing_bias=None, hidden_states=x, gemm1_weights=w13, gemm2_weights=w2,
                   output2_scales_scalar=s2, num_experts=E, top_k=k, local_expert_offset=0)
         same = fi(output1_scales_scalar=s1, output1_scales_gate_scalar=s1, **kw)
@@ -436,7 +437,7 @@ def test_fp4_reference(small):
     got = load_reference(defn)(d["logits"], d["x"], d["w13"], d["w2"])
     routes = [_route_one(d["logits"][t], None, "renorm", K) for t in range(5)]
     _close(got, _dense(d["x"], d["w13"], d["w2"], routes, 0))
-    fi = _fi_templates()._trtllm_fp4_block_scale_moe_renormalize_routing_reference
+    fi = _fi_templates().trtllm_fp4_block_scale_moe_renormalize_routing_trace.reference
     theirs = fi(d["logits"], None, d["x"], None, d["p13"], d["s13"], None, d["p2"], d["s2"], None,
                 top_k=K, local_expert_offset=0, routed_scaling_factor=None)
     _close(got, theirs.double(), atol=1e-2)
@@ -460,7 +461,7 @@ def test_fp4_routed_reference(small):
     # FlashInfer's routed template reads topk_ids as plain ids with uniform 1/top_k weights (documented
     # difference); with packed weights of exactly 1/top_k the two agree
     uniform = load_reference(defn)(_pack(ids, torch.full((5, K), 1.0 / K)), d["x"], d["w13"], d["w2"])
-    fi = _fi_templates()._trtllm_fp4_block_scale_routed_moe_reference
+    fi = _fi_templates().trtllm_fp4_block_scale_routed_moe_trace.reference
     theirs = fi(ids, d["x"], None, d["p13"], d["s13"], None, d["p2"], d["s2"], None,
                 num_experts=E, top_k=K, local_expert_offset=0)
     _close(uniform, theirs.double(), atol=1e-2)
@@ -496,7 +497,7 @@ def test_gpt_oss_form(small):
     _close(got, want, atol=5e-2)
     # FlashInfer's FP4 template applies the biases but not alpha/beta/limit for SwiGLU: equal to ours
     # exactly when alpha=1, beta=0 and no clamp
-    fi = _fi_templates()._trtllm_fp4_block_scale_moe_renormalize_routing_reference
+    fi = _fi_templates().trtllm_fp4_block_scale_moe_renormalize_routing_trace.reference
     theirs = fi(d["logits"], None, x, None, d["p13"], d["s13"], b1, d["p2"], d["s2"], b2,
                 top_k=K, local_expert_offset=0, routed_scaling_factor=None)
     plain = load_reference(docs["trtllm_fp4_block_scale_moe_topk4_e16_h256_i128"])(
@@ -524,7 +525,7 @@ def test_bf16_reference(small, kind):
     routes = [_route_one(logits[t], bias, kind, K, 4, 2, 2.5) for t in range(5)]
     _close(got, _dense(x, w13, w2, routes, 0))
     if kind == "default":   # FlashInfer's trtllm_bf16_moe template reference routes Default-style
-        fi = _fi_templates()._trtllm_bf16_moe_reference
+        fi = _fi_templates().trtllm_bf16_moe_trace.reference
         theirs = fi(logits, None, x, w13, w2, num_experts=E, top_k=K, local_expert_offset=0)
         _close(got, theirs.double(), atol=1e-2)
 
