@@ -13,11 +13,16 @@ template, or that have no FlashInfer API at all, into follow-up issues (``defc g
 """
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import importlib
+import inspect
+import io
 import json
 import os
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -216,7 +221,6 @@ def flashinfer_importable() -> bool:
 
 def _import_flashinfer():
     """Import flashinfer and the submodules that register templates only when imported."""
-    import io
     saved = os.environ.pop("FLASHINFER_TRACE_DUMP_DIR", None)
     err, sys.stderr = sys.stderr, io.StringIO()      # flashinfer prints warnings on CPU-only machines
     try:
@@ -246,17 +250,119 @@ def _canonical(obj, aliases) -> Optional[str]:
     return aliases.get(name, name)
 
 
+@dataclass(frozen=True)
+class TraceEntry:
+    """One trace template FlashInfer attaches to an API: ``fi_api`` is the name FlashInfer records in
+    the ``fi_api:`` tag, ``defined_as`` the function's own ``module.qualname`` (they differ where
+    FlashInfer keeps a moved API's old name), ``label`` the template's name prefix (else its op_type)."""
+    fi_api: str
+    defined_as: str
+    template: Any
+    label: str
+
+
+def _public_functions() -> Iterator[Any]:
+    """Every function reachable as a public attribute (or a public method, ``__call__`` included, of a
+    public class) of a loaded public FlashInfer module, each once, in module-name order."""
+    seen = set()
+    for modname in sorted(sys.modules):
+        mod = sys.modules.get(modname)
+        if mod is None or not (modname == "flashinfer" or modname.startswith("flashinfer.")):
+            continue
+        if any(part.startswith("_") for part in modname.split(".")[1:]):
+            continue
+        for attr, obj in sorted(vars(mod).items()):
+            if attr.startswith("_"):
+                continue
+            found = [obj]
+            if isinstance(obj, type):
+                found += [v for k, v in vars(obj).items() if not k.startswith("_") or k == "__call__"]
+            for fn in found:
+                if isinstance(fn, (staticmethod, classmethod)):
+                    fn = fn.__func__
+                if inspect.isfunction(fn) and id(fn) not in seen:
+                    seen.add(id(fn))
+                    yield fn
+
+
+@functools.lru_cache(maxsize=None)
+def _trace_argument(fn) -> Any:
+    """The ``trace=`` argument of ``fn``'s ``@flashinfer_api(trace=NAME)`` decorator (a TraceTemplate,
+    or a dispatch callable listing its templates in ``.templates``), read from the source; else None."""
+    original = inspect.unwrap(fn)
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(original)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return None
+    for dec in node.decorator_list:
+        if isinstance(dec, ast.Call) and ast.unparse(dec.func).rsplit(".", 1)[-1] == "flashinfer_api":
+            for kw in dec.keywords:
+                if kw.arg == "trace" and isinstance(kw.value, ast.Name) and not kw.value.id.startswith("_"):
+                    return getattr(original, "__globals__", {}).get(kw.value.id)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _recorded_fi_api(fn) -> Optional[str]:
+    """The name FlashInfer writes in the ``fi_api:`` tag, from the public ``fn.fi_trace()`` called
+    without arguments (nothing is dumped: FLASHINFER_TRACE_DUMP_DIR is unset meanwhile); None when
+    that needs real arguments."""
+    saved = os.environ.pop("FLASHINFER_TRACE_DUMP_DIR", None)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            doc = fn.fi_trace()
+    except Exception:
+        return None
+    finally:
+        if saved is not None:
+            os.environ["FLASHINFER_TRACE_DUMP_DIR"] = saved
+    tags = doc.get("tags") if isinstance(doc, dict) else None
+    for tag in tags if isinstance(tags, list) else ():
+        if isinstance(tag, str) and tag.startswith("fi_api:"):
+            return tag[len("fi_api:"):]
+    return None
+
+
+def trace_entries() -> List[TraceEntry]:
+    """The trace templates of the FlashInfer APIs loaded so far, through public names only: the
+    public functions carrying FlashInfer's public ``fi_trace`` attribute, the templates their
+    ``@flashinfer_api(trace=...)`` names (a TraceTemplate, or every TraceTemplate in a dispatch
+    callable's ``.templates``), and the fi_api name that ``fi_trace`` records."""
+    from flashinfer.trace import TraceTemplate
+    out: List[TraceEntry] = []
+    for fn in _public_functions():
+        if getattr(fn, "fi_trace", None) is None:
+            continue
+        trace = _trace_argument(fn)
+        if isinstance(trace, TraceTemplate):
+            templates = [trace]
+        else:
+            templates = [t for t in (getattr(trace, "templates", None) or ()) if isinstance(t, TraceTemplate)]
+        if not templates:
+            continue
+        defined_as = f"{fn.__module__}.{fn.__qualname__}"
+        fi_api = _recorded_fi_api(fn) or defined_as
+        out += [TraceEntry(fi_api, defined_as, t, t.name_prefix or t.op_type) for t in templates]
+    return out
+
+
+def trace_aliases(entries: Sequence[TraceEntry]) -> Dict[str, str]:
+    """``module.qualname`` -> the fi_api FlashInfer records, where the two differ."""
+    return {e.defined_as: e.fi_api for e in entries if e.defined_as != e.fi_api}
+
+
 def live_registry() -> TraceRegistry:
     fi = _import_flashinfer()
-    from flashinfer import api_logging as al
-    aliases = dict(getattr(al, "_TRACE_FI_API_ALIASES", {}) or {})
+    entries = trace_entries()
+    aliases = trace_aliases(entries)
     traced: Dict[str, List[str]] = {}
-    for func, tmpl, label in getattr(al, "_TRACE_REGISTRY", []):
-        name = f"{func.__module__}.{func.__qualname__}"
-        name = aliases.get(name, name)
-        labels = traced.setdefault(name, [])
-        if label not in labels:
-            labels.append(label)
+    for e in entries:
+        labels = traced.setdefault(e.fi_api, [])
+        if e.label not in labels:
+            labels.append(e.label)
     canonical = dict(traced)
 
     def alias(public: str, canon: str):

@@ -146,12 +146,10 @@ def _resolve(api: str):
 def find_templates(api: str) -> Tuple[str, List[Tuple[str, Any, str]]]:
     """(canonical api, [(api name, TraceTemplate, label)]) registered for a FlashInfer API."""
     _import_for(api)
-    from flashinfer import api_logging as al
-    aliases = dict(getattr(al, "_TRACE_FI_API_ALIASES", {}) or {})
-    entries = []
-    for func, tmpl, label in getattr(al, "_TRACE_REGISTRY", []):
-        n = f"{func.__module__}.{func.__qualname__}"
-        entries.append((aliases.get(n, n), tmpl, label))
+    from .coverage import trace_aliases, trace_entries
+    found = trace_entries()
+    aliases = trace_aliases(found)
+    entries = [(e.fi_api, e.template, e.label) for e in found]
 
     def pick(names):
         hits = [e for e in entries if e[0] in names]

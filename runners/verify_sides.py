@@ -185,16 +185,14 @@ def template_reference(kb_args: Dict[str, Any], api: str) -> Tuple[Dict[str, Any
     if missing:
         # the JSON's reference is not self-contained (a helper of its template module is missing): the
         # helpers come from the module that defines the reference, and the report says so
-        mod = _template_module(names[-1])
-        if mod is None or any(not hasattr(mod, m) for m in missing):
+        ref = _template_reference(names[-1])
+        if ref is None:
             raise NotRun(f"FlashInfer's template reference {names[-1]} ({doc['name']}) is not self-contained: "
                          f"it uses {', '.join(missing)}, which its JSON does not define")
-        ns2 = dict(vars(mod))
-        exec(compile(src, f"<template reference {doc['name']}>", "exec"), ns2)  # noqa: S102
         doc = dict(doc)
         doc["_defc_note"] = (f"the template JSON's reference is not self-contained ({', '.join(missing)} missing); "
-                             f"taken from {mod.__name__}")
-        return doc, ns2[names[-1]]
+                             f"taken from {ref.__module__}")
+        return doc, ref
     return doc, ns[names[-1]]
 
 
@@ -245,10 +243,20 @@ def _loads_outside_annotations(tree) -> set:
             and id(n) not in skip}
 
 
-def _template_module(func_name: str):
-    for name, mod in list(sys.modules.items()):
-        if name.startswith("flashinfer.trace.templates") and mod is not None and hasattr(mod, func_name):
-            return mod
+def _template_reference(func_name: str) -> Optional[Callable]:
+    """The public ``.reference`` of a FlashInfer TraceTemplate (a public attribute of a public
+    ``flashinfer.trace.templates`` module) whose function has that name: it runs in its own module,
+    with the helpers the template JSON's copy of it lacks."""
+    from flashinfer.trace import TraceTemplate
+    for name in sorted(sys.modules):
+        mod = sys.modules.get(name)
+        if mod is None or not name.startswith("flashinfer.trace.templates.") or \
+                any(part.startswith("_") for part in name.split(".")):
+            continue
+        for attr, obj in sorted(vars(mod).items()):
+            if not attr.startswith("_") and isinstance(obj, TraceTemplate) and \
+                    getattr(obj.reference, "__name__", None) == func_name:
+                return obj.reference
     return None
 
 

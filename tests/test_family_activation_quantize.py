@@ -56,9 +56,9 @@ def test_activation_per_model(tmp_path):
 
 
 @pytest.mark.parametrize("model,name,torch_act,fi_ref", [
-    ("llama-3.1-8b", "silu_and_mul_h28672", lambda x: torch.nn.functional.silu(x), "_silu_and_mul_reference"),
+    ("llama-3.1-8b", "silu_and_mul_h28672", lambda x: torch.nn.functional.silu(x), "silu_and_mul_trace"),
     ("gemma-3-27b", "gelu_tanh_and_mul_h43008", lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
-     "_gelu_tanh_and_mul_reference"),
+     "gelu_tanh_and_mul_trace"),
 ])
 def test_activation_reference(tmp_path, model, name, torch_act, fi_ref):
     d = _names(tmp_path, model, "activation")[name]
@@ -71,7 +71,7 @@ def test_activation_reference(tmp_path, model, name, torch_act, fi_ref):
     torch.testing.assert_close(got, want, atol=1e-2, rtol=1e-2)
     flashinfer()
     from flashinfer.trace.templates import activation
-    torch.testing.assert_close(got.float(), getattr(activation, fi_ref)(x).float(), atol=5e-2, rtol=2e-2)
+    torch.testing.assert_close(got.float(), getattr(activation, fi_ref).reference(x).float(), atol=5e-2, rtol=2e-2)
     with pytest.raises(AssertionError):
         run(x[:, :-2])
 
@@ -88,8 +88,8 @@ def test_gelu_and_mul_reference(tmp_path):
     run = load_reference(docs["gelu_and_mul_h16384"])
     x = torch.randn(2, 16384).to(torch.bfloat16)
     flashinfer()
-    from flashinfer.trace.templates.activation import _gelu_and_mul_reference
-    torch.testing.assert_close(run(x).float(), _gelu_and_mul_reference(x).float(), atol=5e-2, rtol=2e-2)
+    from flashinfer.trace.templates.activation import gelu_and_mul_trace
+    torch.testing.assert_close(run(x).float(), gelu_and_mul_trace.reference(x).float(), atol=5e-2, rtol=2e-2)
     want = (torch.nn.functional.gelu(x[:, :8192].float()) * x[:, 8192:].float()).to(torch.bfloat16)
     torch.testing.assert_close(run(x), want, atol=1e-2, rtol=1e-2)
 
@@ -199,8 +199,8 @@ def test_nvfp4_roundtrip_and_flashinfer_reference(quant_defs):
     assert torch.equal(s.float(), (float(gs) * amax / 6).to(torch.float8_e4m3fn).float())
     # FlashInfer's template reference: same scales, same values except where it breaks a tie differently
     flashinfer()
-    from flashinfer.trace.templates.quantize import _fp4_quantize_reference
-    fq, fs = _fp4_quantize_reference(x, global_scale=gs, sf_vec_size=16, sf_use_ue8m0=False)
+    from flashinfer.trace.templates.quantize import fp4_quantize_trace
+    fq, fs = fp4_quantize_trace.reference(x, global_scale=gs, sf_vec_size=16, sf_use_ue8m0=False)
     assert torch.equal(fs.float(), s.float())
     fdeq, _ = _dequant(fq, fs, 16, float(gs))
     assert float((fdeq != deq).float().mean()) < 0.01
@@ -233,8 +233,8 @@ def test_mxfp4_roundtrip_rounding_and_flashinfer_reference(quant_defs):
     # FlashInfer 0.7.2's template reference rounds the exponent down instead (documented):
     # its scale is ours or half of it, equal exactly when amax/6 is a power of two
     flashinfer()
-    from flashinfer.trace.templates.quantize import _fp4_quantize_reference
-    fq, fs = _fp4_quantize_reference(x, sf_vec_size=32, sf_use_ue8m0=True)
+    from flashinfer.trace.templates.quantize import fp4_quantize_trace
+    fq, fs = fp4_quantize_trace.reference(x, sf_vec_size=32, sf_use_ue8m0=True)
     diff = s.view(torch.uint8).int() - fs.view(torch.uint8).int()
     pow2 = (torch.log2(amax / 6) == torch.floor(torch.log2(amax / 6))) & nz
     assert bool((diff[nz & ~pow2] == 1).all()) and bool((diff[pow2] == 0).all())

@@ -115,12 +115,12 @@ def test_decode_matches_flashinfer_reference(cookbook):
     out, new_state = run(q, k, v, state.clone(), A_log, a, dt_bias, b, None)
     assert out.dtype == torch.bfloat16 and out.shape == (3, 1, 8, 128)
     assert new_state.dtype == torch.float32 and new_state.shape == (3, 8, 128, 128)
-    want_out, want_state = _fi_templates()._gdn_decode_reference(q, k, v, state.clone(), A_log, a, dt_bias, b, None)
+    want_out, want_state = _fi_templates().gated_delta_rule_decode_trace.reference(q, k, v, state.clone(), A_log, a, dt_bias, b, None)
     torch.testing.assert_close(out.float(), want_out.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(new_state, want_state, atol=1e-4, rtol=1e-4)
     # no state: starts from zeros; an explicit scale is used as given
     out0, s0 = run(q, k, v, None, A_log, a, dt_bias, b, 0.25)
-    w0, ws0 = _fi_templates()._gdn_decode_reference(q, k, v, None, A_log, a, dt_bias, b, 0.25)
+    w0, ws0 = _fi_templates().gated_delta_rule_decode_trace.reference(q, k, v, None, A_log, a, dt_bias, b, 0.25)
     torch.testing.assert_close(out0.float(), w0.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(s0, ws0, atol=1e-5, rtol=1e-5)
     with pytest.raises(AssertionError):   # qk8 shapes against the qk4 definition
@@ -156,7 +156,7 @@ def test_prefill_matches_flashinfer_reference_and_sglang(cookbook):
     state = torch.randn(3, 8, 128, 128) * 0.1
     out, new_state = run(q, k, v, state, A_log, a, dt_bias, b, cu, None)
     assert out.shape == (9, 8, 128) and new_state.shape == (3, 8, 128, 128)
-    want_out, want_state = _fi_templates()._gdn_prefill_reference(q, k, v, state, A_log, a, dt_bias, b, cu, None)
+    want_out, want_state = _fi_templates().gdn_prefill_trace.reference(q, k, v, state, A_log, a, dt_bias, b, cu, None)
     torch.testing.assert_close(out.float(), want_out.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(new_state, want_state, atol=1e-4, rtol=1e-4)
     # each sequence restarts from its own state
@@ -167,7 +167,7 @@ def test_prefill_matches_flashinfer_reference_and_sglang(cookbook):
         torch.testing.assert_close(new_state[n], ws.float(), atol=1e-3, rtol=1e-3)
     # absent state: zeros
     out0, _ = run(q, k, v, None, A_log, a, dt_bias, b, cu, None)
-    wo0, _ = _fi_templates()._gdn_prefill_reference(q, k, v, None, A_log, a, dt_bias, b, cu, None)
+    wo0, _ = _fi_templates().gdn_prefill_trace.reference(q, k, v, None, A_log, a, dt_bias, b, cu, None)
     torch.testing.assert_close(out0.float(), wo0.float(), atol=2e-2, rtol=2e-2)
 
 
@@ -182,7 +182,7 @@ def test_mtp_matches_flashinfer_reference(cookbook):
     buf = torch.zeros(pool, T, 8, 128, 128)
     out, final = run(q, k, v, pool_state.clone(), idx, A_log, a, dt_bias, b, None, buf)
     want_buf = torch.zeros_like(buf)
-    want_out, want_final = _fi_templates()._gdn_mtp_reference(
+    want_out, want_final = _fi_templates().gdn_mtp_trace.reference(
         q, k, v, pool_state.clone(), idx, A_log, a, dt_bias, b, None, want_buf,
         use_qk_l2norm=False, disable_state_update=False)
     torch.testing.assert_close(out.float(), want_out.float(), atol=2e-2, rtol=2e-2)

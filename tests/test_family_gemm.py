@@ -122,7 +122,8 @@ def _block_quant_fp8(x, rows_block, cols_block):
 
 def test_fp8_reference_dequantizes_and_multiplies(compiled):
     flashinfer()
-    from flashinfer.trace.templates.gemm import _gemm_fp8_nt_groupwise_reference as fi_ref
+    from flashinfer.trace.templates.gemm import gemm_fp8_nt_groupwise_trace
+    fi_ref = gemm_fp8_nt_groupwise_trace.reference
     d = compiled["deepseek-v3"][0]["gemm_fp8_nt_groupwise_n2112_k7168"]  # N = 16.5 blocks of 128
     run = load_reference(d)
     g = torch.Generator().manual_seed(1)

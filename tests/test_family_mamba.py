@@ -101,7 +101,8 @@ def _float64_loop(inp, slots, H, G):
 
 def test_reference_against_flashinfer_single_head_and_float64(nemotron):
     flashinfer()
-    from flashinfer.trace.templates.mamba import _selective_state_update_reference as fi_ref
+    from flashinfer.trace.templates.mamba import selective_state_update_trace
+    fi_ref = selective_state_update_trace.reference
     d = nemotron["mamba_ssu_decode_h16_d64_s128_ng1"]
     run = load_reference(d)
     H, P, N, G = 16, 64, 128, 1

@@ -76,7 +76,8 @@ def gptj_rotation(x, cache, pos, rd):
 @pytest.mark.parametrize("model", ["llama-3.1-8b", "deepseek-v3", "glm-4.6", "qwen3-next-80b-a3b"])
 def test_reference_rotates_like_independent_math_and_flashinfer(compiled, model):
     flashinfer()
-    from flashinfer.trace.templates.rope import _apply_rope_with_cos_sin_cache_reference as fi_ref
+    from flashinfer.trace.templates.rope import apply_rope_with_cos_sin_cache_trace
+    fi_ref = apply_rope_with_cos_sin_cache_trace.reference
     d = compiled[model][0][EXPECTED[model]]
     run = load_reference(d)
     hd, rd = d["axes"]["head_size"]["value"], d["axes"]["rotary_dim"]["value"]
