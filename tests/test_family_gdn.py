@@ -266,3 +266,131 @@ def test_prefill_agrees_with_dumper(cookbook):
                     "A_log": ("unknown", "float32"), "dt_bias": ("unknown", "float32")}
     assert _io(theirs, "outputs", var) == _io(ours, "outputs", var)
     assert theirs["constraints"][-2:] == ours["constraints"][-2:]
+
+
+# -- any-model corpus: hybrid linear-attention models and heterogeneous layers ---------------------
+
+def _corpus(slug):
+    """(config.json path, the hand-written facts) of a corpus model (tests/corpus/<slug>)."""
+    import os
+    import yaml
+    from conftest import ROOT
+    folder = os.path.join(ROOT, "tests", "corpus", slug)
+    with open(os.path.join(folder, "facts.yaml")) as fh:
+        return os.path.join(folder, "config.json"), yaml.safe_load(fh)
+
+
+def _compile(tmp, model, specs, tp):
+    """({name: definition}, findings) without writing."""
+    from compiler.pipeline import CompileOptions, compile_model
+    res = compile_model(CompileOptions(model=str(model), specs=list(specs), tp=list(tp), out=str(tmp / "ds")))
+    return {p.doc["name"]: p.doc for p in res.planned}, res.findings
+
+
+def _variant(tmp, slug, name, **text_config):
+    """A corpus Qwen3.5 config with text_config fields replaced; its path."""
+    import json
+    cfg, _ = _corpus(slug)
+    with open(cfg) as fh:
+        c = json.load(fh)
+    c["text_config"].update(text_config)
+    p = tmp / f"{name}.json"
+    p.write_text(json.dumps(c))
+    return p
+
+
+@pytest.mark.parametrize("slug", ["qwen3.5-27b", "qwen3.5-35b-a3b"])
+def test_corpus_qwen35_gdn_and_full_attention_per_tp(slug, tmp_path):
+    """Qwen3.5 (Qwen3-Next's layers, text_config wrapper): GDN key heads linear_num_key_heads / tp and
+    value heads linear_num_value_heads / tp, head 128; its full_attention layers are softmax GQA."""
+    cfg, facts = _corpus(slug)
+    lin, att = facts["linear_attention"], facts["attention"]
+    assert lin["kind"] == "gdn" and lin["key_head_dim"] == lin["value_head_dim"]
+    for tp in facts["tp"]:
+        docs, found = _compile(tmp_path / str(tp), cfg, ["gdn", "gqa_paged"], [tp])
+        q, v, d = lin["num_key_heads"] // tp, lin["num_value_heads"] // tp, lin["key_head_dim"]
+        gdn = {n for n, doc in docs.items() if doc["op_type"] == "gdn"}
+        assert gdn == {f"gdn_{s}_qk{q}_v{v}_d{d}_k_last" for s in ("decode", "mtp", "prefill")}, (slug, tp)
+        for n in gdn:
+            assert {"num_q_heads": q, "num_k_heads": q, "num_v_heads": v, "head_size": d}.items() <= \
+                const_axes(docs[n]).items()
+            assert docs[n]["inputs"]["A_log"]["shape"] == ["num_v_heads"]
+            assert "status:verified" in docs[n]["tags"]
+        kv = max(1, att["num_kv_heads"] // tp)
+        assert f"gqa_paged_decode_h{att['num_attention_heads'] // tp}_kv{kv}_d{att['head_dim']}_ps1" in docs
+        # mamba_ssm_dtype float32 is the state the definitions describe: no finding about it
+        assert not any(f.subject == "mamba_ssm_dtype" for f in found)
+
+
+def test_qwen35_variants(tmp_path):
+    """Which layers exist follows full_attention_interval / layer_types; differing key and value
+    heads and a non-float32 state are reported, never silently dropped or mislabelled."""
+    slug = "qwen3.5-27b"
+    n = 64
+    # every layer full attention: no GDN
+    p = _variant(tmp_path, slug, "full", full_attention_interval=1, layer_types=["full_attention"] * n)
+    docs, _ = _compile(tmp_path / "a", p, ["gdn", "gqa_paged"], [1])
+    assert docs and all(d["op_type"] == "gqa_paged" for d in docs.values())
+    # every layer linear: no softmax attention
+    p = _variant(tmp_path, slug, "lin", full_attention_interval=n + 1, layer_types=["linear_attention"] * n)
+    docs, _ = _compile(tmp_path / "b", p, ["gdn", "gqa_paged", "gqa_ragged", "cascade", "page"], [1])
+    assert docs and all(d["op_type"] == "gdn" for d in docs.values())
+    # key head != value head: a gap naming both fields
+    p = _variant(tmp_path, slug, "kv", linear_value_head_dim=256)
+    docs, found = _compile(tmp_path / "c", p, ["gdn"], [1])
+    assert docs == {}
+    gaps = [f for f in found if f.kind == "gap"]
+    assert len(gaps) == 1 and gaps[0].subject == "gdn"
+    assert "linear_key_head_dim" in gaps[0].message and "linear_value_head_dim" in gaps[0].message
+    assert "(128, linear_key_head_dim)" in gaps[0].message and "(256, linear_value_head_dim)" in gaps[0].message
+    # a bf16 recurrent state: warned, and the float32-state definitions are not verified
+    p = _variant(tmp_path, slug, "bf16", mamba_ssm_dtype="bfloat16")
+    docs, found = _compile(tmp_path / "d", p, ["gdn"], [1])
+    hit = [f for f in found if f.subject == "mamba_ssm_dtype"]
+    assert [f.kind for f in hit] == ["unmodelled"] and set(hit[0].definitions) == set(docs)
+    assert all(d["inputs"]["state" if "state" in d["inputs"] else "initial_state"]["dtype"] == "float32"
+               for d in docs.values())
+
+
+def test_corpus_kimi_linear_layers(tmp_path):
+    """Kimi-Linear: its full-attention layers are MLA (no softmax GQA family), its KDA layers have no
+    family: an unmodelled finding naming linear_attn_config, not silence; no GDN / Mamba kernels."""
+    cfg, facts = _corpus("kimi-linear-48b-a3b")
+    assert facts["linear_attention"]["kind"] == "kda"
+    docs, found = _compile(tmp_path, cfg, ["gdn", "mamba_ssu", "gqa_paged", "gqa_ragged", "cascade", "page",
+                                          "mla_paged", "mla_ragged"], [1])
+    assert {d["op_type"] for d in docs.values()} == {"mla_paged", "mla_ragged"}
+    kda = [f for f in found if f.subject == "linear_attn_config"]
+    assert [f.kind for f in kda] == ["unmodelled"]
+    assert "KDA" in kda[0].message and "linear_attn_config.kda_layers" in kda[0].message
+
+
+def test_corpus_decilm_heterogeneous_layers(tmp_path):
+    """Llama-3.3-Nemotron-Super (DeciLM block_configs): KV heads 64 // n_heads_in_group 8 = 8 from
+    the per-layer config (not the multi-head guess a null num_key_value_heads would give), marked
+    assumed and unverified; the per-layer MLP widths cannot be derived, so the MLP GEMMs and
+    activations are gaps, and block_configs is reported with what varies by layer."""
+    cfg, facts = _corpus("llama-3.3-nemotron-super-49b")
+    att = facts["attention"]
+    for tp in (1, 8):
+        docs, found = _compile(tmp_path / str(tp), cfg, ["gqa_paged", "gemm", "activation"], [tp])
+        h, kv = att["num_attention_heads"] // tp, max(1, att["num_kv_heads"] // tp)
+        assert {n for n in docs if n.startswith("gqa_paged_decode")} == {
+            f"gqa_paged_decode_h{h}_kv{kv}_d{att['head_dim']}_ps{p}" for p in (1, 64)}
+        for d in docs.values():
+            assert "status:unverified" in d["tags"] and "status:verified" not in d["tags"], d["name"]
+        by = {(f.kind, f.subject): f for f in found}
+        assert "block_configs" in by[("assumed", "num_kv_heads_total")].message
+        msg = by[("unmodelled", "block_configs")].message
+        for words in ("attention.no_op", "n_heads_in_group", "ffn_mult"):
+            assert words in msg
+        assert {f.subject for f in found if f.kind == "gap"} >= {"gemm", "activation"}
+    # a config whose layer 0 has no attention: no KV-head guess at all, a gap instead
+    import json
+    with open(cfg) as fh:
+        c = json.load(fh)
+    c["block_configs"][0]["attention"].update(no_op=True, n_heads_in_group=None)
+    p = tmp_path / "noattn0.json"
+    p.write_text(json.dumps(c))
+    docs, found = _compile(tmp_path / "x", p, ["gqa_paged"], [1])
+    assert docs == {} and [f.subject for f in found if f.kind == "gap"] == ["gqa_paged"]

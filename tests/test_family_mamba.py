@@ -171,3 +171,41 @@ def test_dumper_mislabels_multi_head_tensors(nemotron):
     for k in ("state", "x", "dt", "A", "B", "C", "D", "dt_bias"):
         assert one_head["inputs"][k]["dtype"] == ours["inputs"][k]["dtype"], k
     assert one_head["outputs"]["out"]["dtype"] == ours["outputs"]["output"]["dtype"]
+
+
+# -- any-model corpus ---------------------------------------------------------------------------------
+
+def test_corpus_nemotron3_nano_per_tp(tmp_path):
+    """Nemotron-3-Nano (hybrid_override_pattern M / * / E): Mamba2 heads mamba_num_heads / tp, groups
+    n_groups / tp, head 64, state 128 (tests/corpus facts, from SGLang's MambaMixer2)."""
+    import os
+    import yaml
+    from conftest import ROOT
+    folder = os.path.join(ROOT, "tests", "corpus", "nemotron-3-nano-30b-a3b")
+    with open(os.path.join(folder, "facts.yaml")) as fh:
+        facts = yaml.safe_load(fh)
+    lin = facts["linear_attention"]
+    assert lin["kind"] == "mamba2"
+    for tp in facts["tp"]:
+        docs = compile_defs(tmp_path / str(tp), os.path.join(folder, "config.json"), specs=["mamba_ssu"], tp=[tp])
+        h, g = lin["num_heads"] // tp, lin["n_groups"] // tp
+        name = f"mamba_ssu_decode_h{h}_d{lin['head_dim']}_s{lin['ssm_state_size']}_ng{g}"
+        assert set(docs) == {name}, tp
+        assert const_axes(docs[name]) == {"nheads": h, "head_dim": lin["head_dim"],
+                                          "dstate": lin["ssm_state_size"], "ngroups": g}
+        assert "status:verified" in docs[name]["tags"]
+
+
+def test_groups_and_pattern(tmp_path):
+    """One B/C group is replicated on every rank (SGLang: n_groups % tp == 0 or n_groups == 1); a
+    hybrid_override_pattern without M has no Mamba layer."""
+    from compiler.models import load_catalogue_entry
+    base = load_catalogue_entry(MODEL).config
+    for name, cfg in {"one": dict(base, n_groups=1),
+                      "nomamba": dict(base, hybrid_override_pattern=base["hybrid_override_pattern"].replace("M", "-"))}.items():
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(cfg))
+    docs = compile_defs(tmp_path / "o1", str(tmp_path / "one"), specs=["mamba_ssu"], tp=[1, 8])
+    assert set(docs) == {"mamba_ssu_decode_h128_d64_s128_ng1", "mamba_ssu_decode_h16_d64_s128_ng1"}
+    assert compile_defs(tmp_path / "o2", str(tmp_path / "nomamba"), specs=["mamba_ssu"], tp=[1]) == {}

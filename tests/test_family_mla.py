@@ -356,3 +356,112 @@ def test_ragged_agrees_with_flashinfer_dumper(ds_tp8, tmp_path):
     assert _io(ours, "outputs")["output"][0] == ("total_q", 16, 128)
     assert theirs["constraints"] == ours["constraints"]
     assert set(_io(theirs, "inputs")) - set(_io(ours, "inputs")) == {"return_lse"}
+
+
+# -- any-model corpus: MLA models outside the catalogue (tests/corpus/<slug>/facts.yaml) ----------
+
+CORPUS_MLA = ["deepseek-v2", "deepseek-v2-lite", "kimi-k2.5", "kimi-linear-48b-a3b"]
+
+
+def _corpus(slug):
+    """(config.json path, the hand-written facts) of a corpus model."""
+    import os
+    import yaml
+    from conftest import ROOT
+    folder = os.path.join(ROOT, "tests", "corpus", slug)
+    with open(os.path.join(folder, "facts.yaml")) as fh:
+        return os.path.join(folder, "config.json"), yaml.safe_load(fh)
+
+
+def _compile_corpus(tmp, slug, specs, tp):
+    from compiler.pipeline import CompileOptions, compile_model
+    cfg, _ = _corpus(slug)
+    res = compile_model(CompileOptions(model=cfg, specs=list(specs), tp=list(tp), out=str(tmp / "ds")))
+    return {p.doc["name"]: p.doc for p in res.planned}, res.findings
+
+
+@pytest.mark.parametrize("slug", CORPUS_MLA)
+def test_corpus_mla_shapes_per_tp(slug, tmp_path):
+    """Heads per rank, latent and rope widths, MHA-path head dims: from the corpus facts (SGLang's
+    DeepseekV2AttentionMLA: num_local_heads = num_heads // attn_tp_size)."""
+    _, facts = _corpus(slug)
+    assert facts["attention"]["kind"] == "mla"
+    mla, heads = facts["mla"], facts["attention"]["num_attention_heads"]
+    for tp in facts["tp"]:
+        docs, _ = _compile_corpus(tmp_path / str(tp), slug, SPECS, [tp])
+        h = heads // tp
+        ckv, kpe = mla["kv_lora_rank"], mla["qk_rope_head_dim"]
+        qk, vo = mla["qk_nope_head_dim"] + mla["qk_rope_head_dim"], mla["v_head_dim"]
+        assert set(docs) == {f"mla_paged_{s}_h{h}_ckv{ckv}_kpe{kpe}_ps{p}"
+                             for s in ("decode", "prefill_causal") for p in (1, 64)} | {
+            f"mla_ragged_prefill_causal_h{h}_qk{qk}_vo{vo}"}, (slug, tp)
+        for name, d in docs.items():
+            if d["op_type"] == "mla_paged":
+                assert const_axes(d) == {"num_qo_heads": h, "head_dim_ckv": ckv, "head_dim_kpe": kpe,
+                                         "page_size": int(name.rsplit("_ps", 1)[1])}
+            else:
+                assert const_axes(d) == {"num_qo_heads": h, "num_kv_heads": h, "qk_dim": qk, "vo_dim": vo}
+            # the softmax scale (yarn mscale included) is an input, not part of the definition
+            assert d["inputs"]["sm_scale"] == {**d["inputs"]["sm_scale"], "shape": None, "dtype": "float32"}
+            assert f"tp:{tp}" in d["tags"] and "status:verified" in d["tags"], name
+
+
+@pytest.mark.parametrize("slug", CORPUS_MLA)
+def test_corpus_mla_projections_follow_q_lora_rank(slug, tmp_path):
+    """q_lora_rank null (DeepSeek-V2-Lite, Kimi-Linear): q_proj hidden -> heads * qk, kv_a_proj alone
+    (kv_lora_rank + qk_rope_head_dim), no q_a_layernorm and no q_a / q_b GEMMs; with a q_lora_rank the
+    fused q_a + kv_a projection, q_a_layernorm and q_b_proj."""
+    _, facts = _corpus(slug)
+    mla, heads, hidden = facts["mla"], facts["attention"]["num_attention_heads"], facts["norm"]["hidden"]
+    docs, _ = _compile_corpus(tmp_path, slug, ["gemm", "rmsnorm"], [1])
+    gemms = {(const_axes(d)["N"], const_axes(d)["K"]) for d in docs.values() if d["op_type"] == "gemm"}
+    norms = {const_axes(d)["hidden_size"] for d in docs.values() if d["op_type"] == "rmsnorm"}
+    qk = mla["qk_nope_head_dim"] + mla["qk_rope_head_dim"]
+    kv_a = mla["kv_lora_rank"] + mla["qk_rope_head_dim"]
+    assert (heads * (mla["qk_nope_head_dim"] + mla["v_head_dim"]), mla["kv_lora_rank"]) in gemms   # kv_b_proj
+    assert mla["kv_lora_rank"] in norms                                                         # kv_a_layernorm
+    q_lora = mla["q_lora_rank"]
+    if q_lora is None:
+        assert (heads * qk, hidden) in gemms and (kv_a, hidden) in gemms
+        linear = facts["linear_attention"] or {}
+        assert norms <= {hidden, mla["kv_lora_rank"], linear.get("head_dim")}   # no q_a_layernorm
+        assert not any(n == heads * qk and k != hidden for n, k in gemms)            # no q_b_proj
+    else:
+        assert (q_lora + kv_a, hidden) in gemms and (heads * qk, q_lora) in gemms
+        assert (kv_a, hidden) not in gemms     # kv_a_proj is fused with q_a_proj
+        assert q_lora in norms
+
+
+def test_corpus_mla_rope_and_findings(tmp_path):
+    """DeepSeek-V2(-Lite) rotate the 64 rope dims GPT-J style; Kimi-Linear's MLA layers rotate nothing
+    (SGLang passes skip_rope=True; mla_use_nope) and its KDA layers are reported, not dropped silently."""
+    for slug in ("deepseek-v2", "deepseek-v2-lite"):
+        docs, _ = _compile_corpus(tmp_path / slug, slug, ["rope"], [1])
+        assert set(docs) == {"rope_with_cos_sin_cache_gptj_style_d64_rd64"}, slug
+    docs, found = _compile_corpus(tmp_path / "kl", "kimi-linear-48b-a3b", ["rope"] + SPECS, [1])
+    assert not any(d["op_type"] == "rope" for d in docs.values())
+    kda = [f for f in found if f.subject == "linear_attn_config"]
+    assert [f.kind for f in kda] == ["unmodelled"] and "KDA" in kda[0].message and "kda_layers" in kda[0].message
+    assert not any(f.kind == "unknown" and f.subject in ("mla_use_nope", "linear_attn_config") for f in found)
+
+
+def test_corpus_mla_agrees_with_flashinfer_dumper(tmp_path):
+    """DeepSeek-V2-Lite at tp 8 (2 heads per rank) and Kimi-Linear at tp 8 (4): the names and shapes
+    FlashInfer's dumper gives the same calls."""
+    lite, _ = _compile_corpus(tmp_path / "lite", "deepseek-v2-lite", SPECS, [8])
+    d = lite["mla_paged_decode_h2_ckv512_kpe64_ps64"]
+    theirs = fi_trace("flashinfer.mla.BatchMLAPagedAttentionWrapper.run",
+                      q_nope=meta((3, 2, 512), "bfloat16"), q_pe=meta((3, 2, 64), "bfloat16"),
+                      ckv_cache=meta((10, 64, 512), "bfloat16"), kpe_cache=meta((10, 64, 64), "bfloat16"))
+    assert theirs["name"] == d["name"] and const_axes(theirs) == const_axes(d)
+    for k in ("q_nope", "q_pe", "ckv_cache", "kpe_cache"):
+        assert _io(theirs, "inputs")[k] == _io(d, "inputs")[k], k
+    assert _io(theirs, "outputs") == _io(d, "outputs")
+    kl, _ = _compile_corpus(tmp_path / "kl", "kimi-linear-48b-a3b", ["mla_ragged"], [8])
+    ours = kl["mla_ragged_prefill_causal_h4_qk192_vo128"]
+    theirs = fi_trace("flashinfer.prefill.BatchPrefillWithRaggedKVCacheWrapper.run",
+                      q=meta((7, 4, 192), "bfloat16"), k=meta((9, 4, 192), "bfloat16"),
+                      v=meta((9, 4, 128), "bfloat16"))
+    assert theirs["name"] == "gqa_ragged_h4_kv4_d192"     # the alias the spec records
+    assert _io(theirs, "inputs")["q"] == _io(ours, "inputs")["q"] == (("total_q", 4, 192), "bfloat16")
+    assert _io(theirs, "inputs")["k"] == _io(ours, "inputs")["k"]
