@@ -55,6 +55,107 @@ def test_activation_per_model(tmp_path):
     _valid({**llama, **gemma, **qn, **ds})
 
 
+
+# -- corpus models (tests/corpus: hand facts from each model's SGLang implementation) -------------
+
+import json
+import os
+
+import yaml
+
+from conftest import ROOT, compile_planned
+
+CORPUS = os.path.join(ROOT, "tests", "corpus")
+ACT_KERNEL = {"silu": "silu_and_mul", "gelu_tanh": "gelu_tanh_and_mul", "gelu": "gelu_and_mul"}
+
+
+def _corpus(slug):
+    with open(os.path.join(CORPUS, slug, "facts.yaml")) as fh:
+        return yaml.safe_load(fh)
+
+
+def _planned(tmp_path, model, spec, tp=(1,)):
+    from compiler.pipeline import CompileOptions, compile_model
+    return compile_model(CompileOptions(model=model, specs=[spec], tp=list(tp), out=str(tmp_path / "o")))
+
+
+@pytest.mark.parametrize("slug", ["deepseek-v2", "deepseek-v2-lite", "gemma-2-9b", "glm-4-9b-chat", "kimi-k2.5",
+                                  "kimi-linear-48b-a3b", "laguna-xs.2", "mimo-v2-flash", "mistral-7b-v0.1",
+                                  "mistral-small-3.1-24b", "mixtral-8x7b", "olmo-2-7b", "qwen1.5-moe-a2.7b",
+                                  "qwen2.5-vl-7b", "qwen3.5-27b", "qwen3.5-35b-a3b"])
+def test_corpus_gated_activations_follow_the_hand_facts(tmp_path, slug):
+    """At tp 1: the dense MLP (2 * intermediate), the routed experts (2 * expert_intermediate) and
+    the shared experts (2 * their total intermediate), each with the kernel of the MLP's act."""
+    f = _corpus(slug)
+    mlp, moe = f.get("mlp"), f.get("moe")
+    act = (mlp or {}).get("act", "silu")       # the MoE-only corpus models all run SiLU experts
+    widths = set()
+    if mlp:
+        assert mlp["kind"] == "gated"
+        widths.add(2 * mlp["intermediate"])
+    if moe:
+        widths.add(2 * moe["expert_intermediate"])
+        if moe.get("shared_experts"):
+            widths.add(2 * moe["shared_experts"]["intermediate"])
+    docs, _ = compile_planned(tmp_path, os.path.join(CORPUS, slug, "config.json"), ["activation"])
+    assert set(docs) == {f"{ACT_KERNEL[act]}_h{w}" for w in widths}
+
+
+@pytest.mark.parametrize("slug", ["phi-2", "gpt2-large", "starcoder2-15b", "nemotron-3-nano-30b-a3b"])
+def test_corpus_non_gated_mlps_have_no_activation_definition(tmp_path, slug):
+    """GPT-2 / Phi / Starcoder2 (fc1 -> GELU -> fc2) and Nemotron-3-Nano (relu2 experts and shared
+    expert, facts.yaml moe_layers): SGLang runs these without a FlashInfer kernel, and FlashInfer
+    has no non-gated activation API, so nothing is emitted and nothing is missing."""
+    f = _corpus(slug)
+    assert (f.get("mlp") or {}).get("kind", "non_gated") == "non_gated"
+    res = _planned(tmp_path, os.path.join(CORPUS, slug, "config.json"), "activation", tp=f["tp"][:2])
+    assert not res.planned
+    assert not [x for x in res.findings if x.subject == "activation"]
+
+
+def _llama_like(tmp_path, **changes):
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 100,
+           "hidden_act": "silu"}
+    cfg.update(changes)
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    return str(p)
+
+
+@pytest.mark.parametrize("act,why", [
+    ("relu", "the gated MLP's activation relu has no FlashInfer *_and_mul kernel"),
+    (None, "config.json names no MLP activation"),
+])
+def test_unknown_or_missing_gated_activation_is_a_gap(tmp_path, act, why):
+    res = _planned(tmp_path, _llama_like(tmp_path, hidden_act=act), "activation")
+    assert not res.planned
+    gaps = [x for x in res.findings if x.kind == "gap" and x.subject == "activation"]
+    assert len(gaps) == 1 and why in gaps[0].message
+
+
+@pytest.mark.parametrize("act,kernel", [("gelu_new", "gelu_tanh_and_mul"), ("gelu_pytorch_tanh", "gelu_tanh_and_mul"),
+                                        ("gelu", "gelu_and_mul"), ("swish", "silu_and_mul")])
+def test_hidden_act_spellings(tmp_path, act, kernel):
+    docs, _ = compile_planned(tmp_path, _llama_like(tmp_path, hidden_act=act), ["activation"])
+    assert set(docs) == {f"{kernel}_h1024"}
+
+
+def test_architecture_row_names_the_activation_sglang_hard_codes(tmp_path):
+    # GLM-4.6's and Mixtral-8x22B's catalogue configs carry no hidden_act; SGLang's Glm4Moe MLPs and
+    # Mixtral's FusedMoE run SiLU whatever the config says
+    glm = _names(tmp_path, "glm-4.6", "activation", tp=[8], ep=[1])
+    # tp 8: dense layers 2 * 12288 / 8, routed and shared experts 2 * 1536 / 8
+    assert set(glm) == {"silu_and_mul_h3072", "silu_and_mul_h384"}
+    mix = _names(tmp_path, "mixtral-8x22b", "activation", tp=[8])
+    assert set(mix) == {"silu_and_mul_h4096"}               # routed experts 2 * 16384 / 8
+    # Llama-4's always-on shared expert (intermediate_size, split by tp) besides the routed experts
+    # (split by tp / ep): at tp 8 ep 8 they differ
+    l4 = _names(tmp_path, "llama-4-scout", "activation", tp=[8], ep=[8])
+    assert set(l4) == {"silu_and_mul_h2048", "silu_and_mul_h16384"}
+
+
 @pytest.mark.parametrize("model,name,torch_act,fi_ref", [
     ("llama-3.1-8b", "silu_and_mul_h28672", lambda x: torch.nn.functional.silu(x), "silu_and_mul_trace"),
     ("gemma-3-27b", "gelu_tanh_and_mul_h43008", lambda x: torch.nn.functional.gelu(x, approximate="tanh"),

@@ -299,3 +299,64 @@ def test_missing_hidden_size_is_a_one_line_gap(tmp_path):
     assert len(gaps) == 1 and gaps[0].subject == "gemm"
     msg = gaps[0].line()
     assert "\n" not in msg and "gemm.yaml" in msg and "'hidden_size'" in msg
+
+
+# -- corpus models (tests/corpus: hand facts from each model's SGLang implementation) -------------
+
+import os
+
+import yaml
+
+from conftest import ROOT
+
+CORPUS = os.path.join(ROOT, "tests", "corpus")
+
+
+def _corpus(slug):
+    with open(os.path.join(CORPUS, slug, "facts.yaml")) as fh:
+        return yaml.safe_load(fh)
+
+
+def _corpus_gemms(tmp_path, slug):
+    docs, _ = compile_planned(tmp_path, os.path.join(CORPUS, slug, "config.json"), ["gemm"])
+    return plain(docs), docs
+
+
+@pytest.mark.parametrize("slug", ["phi-2", "gpt2-large", "starcoder2-15b", "glm-4-9b-chat", "mistral-7b-v0.1",
+                                  "gemma-2-9b"])
+def test_corpus_dense_models_projection_sets(tmp_path, slug):
+    """Every projection of a dense softmax-attention model from its hand facts: fused QKV
+    (GPT-2 c_attn, Phi qkv_proj, ChatGLM query_key_value), the output projection, the MLP (gated:
+    gate_up [2I, H] + down; non-gated: GPT-2 / Starcoder2 c_fc, Phi fc1 [I, H] + c_proj / fc2
+    [H, I]) and the LM head."""
+    f = _corpus(slug)
+    a, h, i = f["attention"], f["norm"]["hidden"], f["mlp"]["intermediate"]
+    want = {f"gemm_n{(a['num_attention_heads'] + 2 * a['num_kv_heads']) * a['head_dim']}_k{h}",
+            f"gemm_n{h}_k{a['num_attention_heads'] * a['head_dim']}",
+            f"gemm_n{(2 if f['mlp']['kind'] == 'gated' else 1) * i}_k{h}",
+            f"gemm_n{h}_k{i}",
+            f"gemm_n{f['vocab_size']}_k{h}"}
+    got, docs = _corpus_gemms(tmp_path, slug)
+    assert got == want
+    if f["mlp"]["kind"] == "non_gated":
+        assert "mlp.up_proj" in docs[f"gemm_n{i}_k{h}"]["description"]
+
+
+def test_corpus_moe_dense_layers_and_shared_experts(tmp_path):
+    # Laguna: mlp_layer_types ["dense", "sparse", ...] -> one dense gated MLP of intermediate_size
+    f = _corpus("laguna-xs.2")
+    h, i = f["norm"]["hidden"], f["mlp"]["intermediate"]
+    got, _ = _corpus_gemms(tmp_path / "laguna", "laguna-xs.2")
+    assert {f"gemm_n{2 * i}_k{h}", f"gemm_n{h}_k{i}"} <= got
+    # MiMo-V2-Flash: moe_layer_freq is a per-layer list whose 0 marks the dense layer
+    f = _corpus("mimo-v2-flash")
+    got, _ = _corpus_gemms(tmp_path / "mimo", "mimo-v2-flash")
+    assert {f"gemm_n{2 * f['mlp']['intermediate']}_k{f['norm']['hidden']}"} <= got
+    # Nemotron-3-Nano: no '-' layer, so no dense MLP; a non-gated relu2 shared expert of
+    # moe_shared_expert_intermediate_size x n_shared_experts (up [S, H], down [H, S])
+    f = _corpus("nemotron-3-nano-30b-a3b")
+    h, s = f["norm"]["hidden"], f["moe"]["shared_experts"]["intermediate"]
+    got, docs = _corpus_gemms(tmp_path / "nano", "nemotron-3-nano-30b-a3b")
+    assert {f"gemm_n{s}_k{h}", f"gemm_n{h}_k{s}"} <= got
+    assert "moe.shared_experts.up_proj" in docs[f"gemm_n{s}_k{h}"]["description"]
+    assert not any(n.startswith(f"gemm_n{2 * s}_") or n.endswith(f"_k{s // 2}") for n in got)
