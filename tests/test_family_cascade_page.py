@@ -3,6 +3,7 @@ against independent torch math and FlashInfer's template references, agreement w
 import functools
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -250,3 +251,52 @@ def test_append_agrees_with_fi_trace(compiled):
     assert quirk["name"] == "append_paged_kv_cache_kv8_d128"
     assert "value" not in quirk["axes"]["page_size"]
     assert quirk["inputs"]["paged_kv_cache"]["dtype"] == "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# corpus models (tests/corpus) whose layer kinds differ in shape: one merge / append definition per
+# kind; expected values from each model's hand-written facts.yaml.
+
+CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+
+
+def corpus_case(tmp_path_factory, slug, tp):
+    import yaml
+    with open(os.path.join(CORPUS, slug, "facts.yaml"), encoding="utf-8") as fh:
+        facts = yaml.safe_load(fh)
+    docs = compile_defs(tmp_path_factory.mktemp("cp_" + slug.replace(".", "_")),
+                        os.path.join(CORPUS, slug, "config.json"), specs=SPECS, tp=[tp])
+    return facts["attention"], docs
+
+
+@pytest.mark.parametrize("tp", [1, 8])
+def test_laguna_merges_per_layer_kind(tmp_path_factory, tp):
+    att, docs = corpus_case(tmp_path_factory, "laguna-xs.2", tp)
+    kinds = att["per_layer_kind"]
+    want = set()
+    for k in kinds.values():
+        h, kv, d = k["num_heads"] // tp, max(1, k["num_kv_heads"] // tp), k["head_dim"]
+        want |= {f"merge_state_h{h}_d{d}", f"merge_state_in_place_h{h}_d{d}", f"merge_states_h{h}_d{d}"}
+        want |= {f"append_paged_kv_cache_kv{kv}_d{d}_ps{ps}" for ps in (1, 64)}
+    assert set(docs) == want
+    assert len([n for n in docs if n.startswith("merge_state_h")]) == 2      # 48 and 64 heads (6 and 8 at tp8)
+
+
+@pytest.mark.parametrize("tp", [1, 8])
+def test_mimo_appends_per_layer_kind_unverified(tmp_path_factory, tp):
+    att, docs = corpus_case(tmp_path_factory, "mimo-v2-flash", tp)
+    kinds = att["per_layer_kind"]
+    appends = {f"append_paged_kv_cache_kv{max(1, k['num_kv_heads'] // tp)}_d{k['head_dim']}_ps{ps}"
+               for k in kinds.values() for ps in (1, 64)}
+    assert {n for n in docs if n.startswith("append_")} == appends
+    assert len(appends) == (4 if tp == 1 else 2)                             # kv 4 and 8; both 1 at tp8
+    # V heads of 128 against q/k heads of 192: not expressible, reported, never status:verified
+    assert all("status:unverified" in d["tags"] for d in docs.values())
+
+
+def test_gemma2_kinds_agree_so_one_set(tmp_path_factory):
+    att, docs = corpus_case(tmp_path_factory, "gemma-2-9b", 1)
+    h, kv, d = att["num_attention_heads"], att["num_kv_heads"], att["head_dim"]
+    assert set(docs) == {f"merge_state_h{h}_d{d}", f"merge_state_in_place_h{h}_d{d}", f"merge_states_h{h}_d{d}",
+                         f"append_paged_kv_cache_kv{kv}_d{d}_ps1", f"append_paged_kv_cache_kv{kv}_d{d}_ps64"}
+    assert all("status:verified" in x["tags"] for x in docs.values())

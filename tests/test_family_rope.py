@@ -1,7 +1,10 @@
 """rope family: style and rotary width per model, the reference against independent rotations and
 FlashInfer's template reference, and agreement with the dumper's definition."""
+import os
+
 import pytest
 import torch
+import yaml
 
 from conftest import compile_planned, load_reference
 from fi_oracle import fi_trace, flashinfer, meta
@@ -153,3 +156,55 @@ def test_zero_rotary_width_is_a_one_line_error(tmp_path):
         compile_model(CompileOptions(config=str(path), specs=["rope"], out=str(tmp_path / "o")))
     msg = str(e.value)
     assert "\n" not in msg and "rope.yaml" in msg and "rotary_dim" in msg
+
+
+# ---------------------------------------------------------------------------------------------
+# corpus models (tests/corpus): rotary width from partial_rotary_factor wherever the config keeps
+# it, per layer kind, the style from the architecture, no RoPE where the model applies none;
+# expected values from each model's hand-written facts.yaml.
+
+CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+
+
+def corpus_rope(tmp_path_factory, slug):
+    from compiler import pipeline as P
+    with open(os.path.join(CORPUS, slug, "facts.yaml"), encoding="utf-8") as fh:
+        facts = yaml.safe_load(fh)
+    res = P.compile_model(P.CompileOptions(model=os.path.join(CORPUS, slug, "config.json"), specs=["rope"], tp=[1],
+                                           out=str(tmp_path_factory.mktemp("rope_" + slug.replace(".", "_")))))
+    return facts, {p.doc["name"]: p.doc for p in res.planned}, res
+
+
+@pytest.mark.parametrize("slug", ["phi-2", "glm-4-9b-chat", "qwen3.5-27b", "qwen3.5-35b-a3b", "mistral-7b-v0.1",
+                                  "gemma-2-9b", "mimo-v2-flash", "starcoder2-15b", "deepseek-v2-lite"])
+def test_corpus_rotary_dim_and_style_are_the_hand_facts(tmp_path_factory, slug):
+    facts, docs, _ = corpus_rope(tmp_path_factory, slug)
+    rope = facts["rope"]
+    head = facts["mla"]["qk_rope_head_dim"] if facts.get("mla") else facts["attention"]["head_dim"]
+    assert set(docs) == {f"rope_with_cos_sin_cache_{rope['style']}_style_d{head}_rd{rope['rotary_dim']}"}, slug
+
+
+def test_laguna_rotary_dim_per_layer_kind(tmp_path_factory):
+    """Laguna: rope_parameters.full_attention rotates 64 of 128 dims, sliding_attention all 128."""
+    facts, docs, _ = corpus_rope(tmp_path_factory, "laguna-xs.2")
+    kinds = facts["attention"]["per_layer_kind"]
+    assert set(docs) == {f"rope_with_cos_sin_cache_{facts['rope']['style']}_style_d{k['head_dim']}_rd{k['rotary_dim']}"
+                         for k in kinds.values()}
+    assert len(docs) == 2
+
+
+@pytest.mark.parametrize("slug", ["gpt2-large", "nemotron-3-nano-30b-a3b", "kimi-linear-48b-a3b"])
+def test_corpus_models_without_rope(tmp_path_factory, slug):
+    facts, docs, _ = corpus_rope(tmp_path_factory, slug)
+    assert not facts["rope"]["rotary_dim"]
+    assert docs == {}
+
+
+@pytest.mark.parametrize("slug", ["qwen2.5-vl-7b", "qwen3.5-27b"])
+def test_mrope_models_get_the_text_kernel_unverified_with_a_warning(tmp_path_factory, slug):
+    """SGLang rotates mrope models with its own Triton kernel over 3-row positions; FlashInfer's 1-D
+    kernel equals it for text tokens only, so the definition is emitted but reported."""
+    facts, docs, res = corpus_rope(tmp_path_factory, slug)
+    assert "mrope" in facts["rope"]["variant"]
+    assert docs and all("status:verified" not in d["tags"] for d in docs.values())
+    assert any(f.subject in ("rope_scaling", "rope_parameters") and f.kind == "unmodelled" for f in res.findings)
