@@ -9,7 +9,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+DATA = os.path.join(ROOT, "tests", "data")
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
@@ -58,11 +58,21 @@ def compile_planned(tmp, model, specs, **kw):
     return ({p.doc["name"]: p.doc for p in res.planned}, {n: insts[0] for n, insts in res.instances.items()})
 
 
-def shared_path(*parts):
-    p = os.path.join(SHARED, *parts)
-    if not os.path.exists(p):
-        pytest.fail(f"../shared is missing {os.path.join(*parts)}")
-    return p
+def data_path(*parts):
+    """A file vendored under tests/data (facts only; the tests read nothing outside the repository)."""
+    return os.path.join(DATA, *parts)
+
+
+_GOLDEN = {}
+
+
+def golden_definition(name):
+    """The vendored facts of a curated definition: name, op_type, tags, axes (type, value), constraints,
+    inputs and outputs (shape, dtype); tests/data/golden_definitions.json."""
+    if not _GOLDEN:
+        with open(data_path("golden_definitions.json")) as fh:
+            _GOLDEN.update(json.load(fh))
+    return {"name": name, **_GOLDEN[name]}
 
 
 def _default_dataset_state():

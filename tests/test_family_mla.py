@@ -1,13 +1,12 @@
 """mla_paged / mla_ragged families: shapes per model and serving config, the curated files, the
 references against independent torch math (dense per-head attention after decompressing the
 latent cache) and FlashInfer's own template references, and agreement with FlashInfer's dumper."""
-import json
 import math
 
 import pytest
 import torch
 
-from conftest import compile_defs, load_reference, shared_path
+from conftest import compile_defs, golden_definition, load_reference
 from fi_oracle import const_axes, fi_trace, meta, resolve
 
 SPECS = ["mla_paged", "mla_ragged"]
@@ -34,8 +33,7 @@ def test_deepseek_tp8_ep8_matches_curated(ds_tp8):
         "mla_paged_prefill_causal_h16_ckv512_kpe64_ps1", "mla_paged_prefill_causal_h16_ckv512_kpe64_ps64",
         "mla_ragged_prefill_causal_h16_qk192_vo128"}
     for name, ours in ds_tp8.items():
-        with open(shared_path("golden", "definitions", ours["op_type"], name + ".json")) as fh:
-            gold = json.load(fh)
+        gold = golden_definition(name)      # vendored facts: tests/data/golden_definitions.json
         for key in ("op_type", "axes", "inputs", "outputs", "constraints"):
             assert strip(ours[key]) == strip(gold[key]), (name, key)
         assert list(ours["axes"]) == list(gold["axes"]) and list(ours["inputs"]) == list(gold["inputs"])

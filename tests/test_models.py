@@ -7,8 +7,8 @@ import pytest
 
 from compiler.errors import DefcError
 from compiler.models import catalogue_slugs, resolve_model
-from compiler.serving import read_cookbook
-from conftest import shared_path
+from compiler.serving import load_snapshot, read_cookbook
+from conftest import data_path
 
 REQUIRED = """llama-3.1-8b llama-3.1-70b llama-3.1-405b llama-3.2-3b llama-3.3-70b llama-4-scout llama-4-maverick
 qwen2.5-7b qwen2.5-72b qwen3-8b qwen3-14b qwen3-32b qwen3-30b-a3b qwen3-235b-a22b qwen3-next-80b-a3b deepseek-v3
@@ -18,14 +18,16 @@ gpt-oss-20b glm-4.6""".split()
 
 def test_catalogue_has_every_required_model_with_real_facts():
     assert set(REQUIRED) <= set(catalogue_slugs())
+    with open(data_path("model_config_facts.json")) as fh:
+        real = json.load(fh)
+    assert set(real) == set(REQUIRED)
     for slug in REQUIRED:
         m = resolve_model(slug)
         assert m.hf_repo_id and "/" in m.hf_repo_id
-        # the bundled facts are the shared config.json facts (minus private keys)
-        real = json.load(open(shared_path("model-configs", f"{slug}.json")))
-        for k, v in real.items():
-            if not k.startswith("_") and not isinstance(v, dict):
-                assert m.config[k] == v, (slug, k)
+        # the bundled facts are the real config.json's (its top-level keys other than private ones
+        # and objects, vendored in tests/data/model_config_facts.json)
+        for k, v in real[slug].items():
+            assert m.config[k] == v, (slug, k)
 
 
 def test_unknown_model_suggests_close_slugs():
@@ -87,10 +89,15 @@ def test_hub_offline_uses_the_cache_and_fails_clearly_without_it(tmp_path, monke
 
 
 def test_cookbook_rows_and_bad_cookbook(tmp_path):
-    rows = read_cookbook(shared_path("cookbook"))
+    # tests/data/cookbook: the cookbook's kimi-k2.yaml (serving configurations), vendored
+    rows = read_cookbook(data_path("cookbook"))
     kimi = {(r.tp, r.ep, r.dp, r.dp_attention) for r in rows if r.model_path == "moonshotai/Kimi-K2-Instruct"}
     assert kimi == {(8, 1, 1, False), (8, 1, 4, True), (8, 4, 1, False)}
-    src = shared_path("cookbook", "generated", "v0.5.6", "kimi-k2.yaml")
+    # the bundled snapshot (catalogue/cookbook.json) holds the same rows for the models this YAML lists
+    key = lambda r: (r.model_path, r.version, r.hardware, r.name, r.tp, r.ep, r.dp, r.dp_attention, r.quantization)
+    paths = {r.model_path for r in rows}
+    assert sorted(map(key, rows)) == sorted(key(r) for r in load_snapshot() if r.model_path in paths)
+    src = data_path("cookbook", "v0.5.6", "kimi-k2.yaml")
     text = open(src).read().replace("tp: 8", "tp: 0", 1)
     (tmp_path / "v0.5.6").mkdir()
     (tmp_path / "v0.5.6" / "kimi-k2.yaml").write_text(text)
