@@ -27,7 +27,9 @@ def resolve_arg(spec, case: Case, device: str, what: str, tensors: Dict[str, Any
     ``{expr: "exp(-exp(A_log) * softplus(a + dt_bias))", dtype: d}`` an elementwise expression of inputs;
     ``{tensor: x, column_major: true}`` a 2-D input stored column-major;
     ``{workspace: bytes}`` a zeroed uint8 buffer; ``{cat: [a, b], dim: -1,
-    shape: [...]}`` tensors concatenated (then viewed); null is None."""
+    shape: [...]}`` tensors concatenated (then viewed); ``{pack_e2m1: x, scale: s}`` an input of FP4-grid
+    values (the e2m1 builder) divided by s and packed two per byte along the last dimension (low nibble
+    first, FlashInfer's packed FP4 layout) as uint8; null is None."""
     import torch
     if spec is None:
         return None
@@ -38,13 +40,14 @@ def resolve_arg(spec, case: Case, device: str, what: str, tensors: Dict[str, Any
             return spec
         raise RecipeError(f"{what}: an argument is an input name or a mapping")
     kinds = [k for k in ("tensor", "layout", "value", "torch_dtype", "tuple", "list", "zeros", "empty", "workspace",
-                         "output", "cat", "full", "expr") if k in spec]
+                         "output", "cat", "full", "expr", "pack_e2m1") if k in spec]
     if len(kinds) != 1:
         raise RecipeError(f"{what}: an argument needs exactly one of tensor/layout/value/torch_dtype/tuple/list/"
                           f"zeros/empty/full/workspace/cat/expr")
     kind = kinds[0]
     extra = set(spec) - {kind, "dtype", "when", "shape"} - {"cat": {"dim"}, "full": {"fill"},
-                                                            "tensor": {"column_major"}}.get(kind, set())
+                                                            "tensor": {"column_major"},
+                                                            "pack_e2m1": {"scale"}}.get(kind, set())
     if extra:
         raise RecipeError(f"{what}: unknown argument field '{sorted(extra)[0]}'")
     if kind == "value":
@@ -66,6 +69,9 @@ def resolve_arg(spec, case: Case, device: str, what: str, tensors: Dict[str, Any
                 v = v.to(torch_dtype(spec["dtype"]))
             v = v.to(device).contiguous()
         return v
+    if kind == "pack_e2m1":
+        src = resolve_arg(spec["pack_e2m1"], case, "cpu", what, tensors)
+        return pack_e2m1(src, float(formula_value(spec.get("scale", 1.0), case.env, what)), what).to(device)
     if kind == "full":
         dims = tuple(int_value(x, case.env, what) for x in spec["full"])
         return torch.full(dims, formula_value(spec.get("fill", 0), case.env, what),
@@ -110,6 +116,21 @@ def resolve_arg(spec, case: Case, device: str, what: str, tensors: Dict[str, Any
             v = v.t().contiguous().t()
         return v
     return v
+
+
+def pack_e2m1(x, scale: float, what: str):
+    """FP4-grid values / scale -> uint8, two codes per byte along the last dimension (low nibble first)."""
+    import torch
+    from .verify_inputs import E2M1_GRID
+    v = (x.float() / scale).contiguous()
+    if v.shape[-1] % 2:
+        raise RecipeError(f"{what}: pack_e2m1 needs an even last dimension")
+    grid = torch.tensor(E2M1_GRID, dtype=torch.float32)
+    codes = (v.unsqueeze(-1) - grid).abs().argmin(dim=-1)            # nearest code (+0.0 before -0.0)
+    if not torch.allclose(grid[codes], v, rtol=1e-5, atol=1e-6):
+        raise RecipeError(f"{what}: pack_e2m1 needs values of the FP4 grid (build the input with e2m1:)")
+    codes = codes.to(torch.uint8)
+    return codes[..., 0::2] | (codes[..., 1::2] << 4)
 
 
 def tensor_expr(text: str, tensors: Dict[str, Any], env: Dict[str, Any], what: str):

@@ -152,7 +152,10 @@ def sequence_layout(spec: Dict[str, Any], env: Dict[str, Any], rng: random.Rando
 
 
 BUILDER_KINDS = ("layout", "uniform", "normal", "fill", "randint", "softmax", "bytes", "value", "rsqrt", "eye",
-                 "permutation")
+                 "permutation", "e2m1")
+
+# The FP4 (e2m1) grid by code: FlashInfer's packed layout stores code(2i) in the low nibble of byte i.
+E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
 
 def _builder_kind(spec: Dict[str, Any], what: str) -> str:
@@ -216,6 +219,9 @@ def build_tensor(spec: Dict[str, Any], shape: Optional[Tuple[int, ...]], dtype: 
         if count > n:
             raise RecipeError(f"{what}: {count} distinct values wanted from range({n})")
         return torch.randperm(n, generator=gen)[:count].reshape(shape).to(tdt)
+    elif kind == "e2m1":                      # values of the FP4 grid times a scale (packable: pack_e2m1)
+        codes = torch.randint(0, 16, shape, generator=gen)
+        x = torch.tensor(E2M1_GRID, dtype=torch.float32)[codes] * float(formula_value(arg, env, what))
     elif kind == "softmax":
         t = float(formula_value(arg, env, what))
         x = torch.softmax(torch.randn(shape, generator=gen, dtype=torch.float32) * t, dim=-1)

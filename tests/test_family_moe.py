@@ -654,3 +654,74 @@ def test_per_tensor_bf16_fp4_agree_with_fi_trace(tmp_path):
             assert theirs["name"] == "trtllm_fp4_block_scale_routed_moe_topk8_e128_h2048"
         else:
             assert c["intermediate_size"] == 768 and c["num_experts"] == 128
+
+
+# ---------------------------------------------------------------------------------------------
+# routing from config semantics: the corpus models (facts written by hand from SGLang's topk.py paths)
+
+def _corpus_facts(slug):
+    from ruamel.yaml import YAML
+    return YAML(typ="safe").load(open(os.path.join(os.path.dirname(__file__), "corpus", slug, "facts.yaml")))
+
+
+def _expected_routing(moe):
+    """FlashInfer's routing method for the router the facts describe, or None (no FlashInfer routing)."""
+    grouped = moe.get("grouped") or {}
+    limited = grouped.get("n_group", 1) > 1 and grouped.get("topk_group", 1) < grouped.get("n_group", 1)
+    if moe["correction_bias"]:
+        # biased_grouped_topk / biased top-k: sigmoid + bias for selection, unbiased weights
+        return "ds" if moe["renormalize"] and moe["scoring"] == "sigmoid" else None
+    if moe["scoring"] != "softmax" or limited:
+        return None
+    return "renorm" if moe["renormalize"] else "default"
+
+
+PREFIX = {"ds": "moe_fp8_block_scale_ds_routing", "renorm": "trtllm_fp4_block_scale_moe_topk",
+          "default": "moe_fp4_block_scale_default_routing"}
+
+
+@pytest.mark.parametrize("slug", ["deepseek-v2", "deepseek-v2-lite", "mimo-v2-flash", "kimi-k2.5",
+                                  "qwen1.5-moe-a2.7b", "qwen3.5-35b-a3b", "nemotron-3-nano-30b-a3b",
+                                  "laguna-xs.2", "mixtral-8x7b", "kimi-linear-48b-a3b"])
+def test_corpus_routing(tmp_path, slug):
+    from compiler.pipeline import CompileOptions, compile_model
+    facts = _corpus_facts(slug)
+    moe = facts["moe"]
+    cfg = os.path.join(os.path.dirname(__file__), "corpus", slug, "config.json")
+    r = compile_model(CompileOptions(model=cfg, specs=["moe"], out=str(tmp_path), tp=[1], quantization=["all"]))
+    names = sorted(p.doc["name"] for p in r.planned)
+    gaps = [f.message for f in r.findings if f.kind == "gap"]
+    e, k = moe["num_experts"], moe["top_k"]
+    if any("relu2" in u for u in facts.get("unsupported") or []):
+        # non-gated relu2 experts: no SwiGLU definition, a gap that says why
+        assert names == [] and any("SwiGLU experts only" in g for g in gaps), (names, gaps)
+        return
+    routed = f"trtllm_fp4_block_scale_routed_moe_topk{k}_e{e}_h"
+    assert any(n.startswith(routed) for n in names), names
+    want = _expected_routing(moe)
+    if want is None:
+        # only the pre-computed-routing definition, and a gap naming the router
+        assert all(n.startswith("trtllm_fp4_block_scale_routed_moe") for n in names), names
+        assert any("not a routing method" in g for g in gaps), gaps
+        return
+    assert any(n.startswith(PREFIX[want]) for n in names), (want, names)
+    bf16 = [p.doc for p in r.planned if p.doc["name"].startswith("trtllm_bf16_moe")]
+    assert len(bf16) == 1 and f"ROUTING = '{want}'" in bf16[0]["reference"]
+    if want == "ds":
+        grouped = moe.get("grouped") or {"n_group": 1, "topk_group": 1}
+        assert f"N_GROUP = {grouped['n_group']}" in bf16[0]["reference"]
+        assert f"TOPK_GROUP = {grouped['topk_group']}" in bf16[0]["reference"]
+
+
+def test_divisibility_is_a_gap_not_an_omission(tmp_path):
+    from compiler.pipeline import CompileOptions, compile_model
+    cfg = dict(QWEN_CFG, num_experts=60, moe_intermediate_size=1408)
+    path = os.path.join(str(tmp_path), "c.json")
+    with open(path, "w") as fh:
+        json.dump(cfg, fh)
+    r = compile_model(CompileOptions(model=path, specs=["moe"], out=str(tmp_path), tp=[8], ep=[8], quantization=["all"]))
+    assert not r.planned
+    assert any("60 routed experts cannot be split evenly over EP=8" in f.message for f in r.findings if f.kind == "gap")
+    r = compile_model(CompileOptions(model="qwen3-235b-a22b", specs=["moe"], out=str(tmp_path), tp=[8], quantization=["fp8"]))
+    assert any("128-wide weight blocks" in f.message and "192" in f.message for f in r.findings if f.kind == "gap")
+    assert any(p.doc["name"].startswith("trtllm_fp8_per_tensor_scale_moe") for p in r.planned)
