@@ -123,7 +123,8 @@ def findings(config: Dict[str, Any], facts: FactsSpec, specs: Sequence[Spec], en
     for key, status, why in key_report(config, facts, specs, envs):
         if status == "unmodelled":
             affects = set(facts.unmodelled_keys[key]["affects"])
-            hit = sorted(n for n, insts in by_name.items() if insts[0].op_type in affects)
+            hit = sorted(n for n, insts in by_name.items()
+                         if insts[0].op_type in affects or insts[0].spec.family in affects)
             out.append(Finding("unmodelled", key, why, hit))
         elif status == "unknown":
             out.append(Finding("unknown", key, why))
