@@ -11,8 +11,10 @@
   collision checks against the files on disk are never cached).  Only definitions that compiled
   without error are stored, so an error is always found by a real evaluation.
 
-Every entry is one JSON file written atomically; one that cannot be read or does not have the
-expected shape is a miss.  ``DEFC_NO_CACHE=1`` turns both caches off, ``DEFC_NO_RESULT_CACHE=1``
+Every entry is one JSON file written atomically (a temp file ``.tmp-{pid}-…`` renamed into place;
+a failed write, a full disk included, removes its temp file, and a process's first use of the
+cache removes those that killed processes left behind); one that cannot be read or does not have
+the expected shape is a miss.  ``DEFC_NO_CACHE=1`` turns both caches off, ``DEFC_NO_RESULT_CACHE=1``
 the result entries only.  When a model's result entry is not reused, the ``defc`` logger says
 why at debug level (``defc --debug``): which of those inputs changed since the model was last
 stored.
@@ -25,6 +27,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 VERSION = "5"          # 3: positions kept as JSON text; 4: one cache module, result keys by parts; 5: findings
@@ -52,6 +55,7 @@ def get(key: str) -> Optional[Tuple[Any, str]]:
     base = folder()
     if not base:
         return None
+    _clean_once(base)
     try:
         with open(os.path.join(base, key + ".json"), encoding="utf-8") as fh:
             doc = json.load(fh)
@@ -63,20 +67,74 @@ def get(key: str) -> Optional[Tuple[Any, str]]:
         return None
 
 
+TEMP_PREFIX = ".tmp-"           # a temp file of an entry being written: .tmp-{pid}-{random}
+STALE_AFTER_S = 3600            # temp files of live processes, or without a pid, are removed when older
+_cleaned: List[str] = []        # cache folders cleaned by this process
+
+
+def clean_temps(base: str, now: Optional[float] = None) -> List[str]:
+    """Remove the temp files that writers of entries left behind in the cache folder: those of a
+    process that is gone (killed mid-write, or after a full disk) and any older than an hour;
+    return their names."""
+    removed = []
+    now = time.time() if now is None else now
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(TEMP_PREFIX)]
+    except OSError:
+        return removed
+    for n in names:
+        path = os.path.join(base, n)
+        pid = n[len(TEMP_PREFIX):].split("-", 1)[0]
+        try:
+            st = os.lstat(path)
+            old = now - st.st_mtime > STALE_AFTER_S
+            gone = pid.isdigit() and "-" in n[len(TEMP_PREFIX):] and not _pid_alive(int(pid))
+            if (old or gone) and not os.path.isdir(path):
+                os.unlink(path)
+                removed.append(n)
+        except (OSError, ValueError, OverflowError):
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:             # EPERM: it exists, under another user
+        return True
+    return True
+
+
+def _clean_once(base: str) -> None:
+    """clean_temps, on a process's first use of the cache folder (one listing)."""
+    if base not in _cleaned:
+        _cleaned.append(base)
+        clean_temps(base)
+
+
 def put(key: str, data: Any, positions: Optional[Dict[Tuple, Tuple[int, int]]] = None) -> None:
-    """Store JSON data (and YAML positions) under key, atomically; a failure only costs the cache."""
+    """Store JSON data (and YAML positions) under key, atomically; a failure only costs the cache
+    (its temp file is removed, whatever the failure)."""
     base = folder()
     if not base:
         return
     tmp = None
     try:
         os.makedirs(base, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=base)
+        _clean_once(base)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=base)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump({"data": data, "positions": json.dumps([[list(p), l, c] for p, (l, c)
                                                               in (positions or {}).items()])}, fh)
         os.replace(tmp, os.path.join(base, key + ".json"))
-    except (OSError, TypeError, ValueError):
+        tmp = None
+    except (OSError, TypeError, ValueError, RecursionError, MemoryError):
+        pass
+    finally:
         if tmp is not None:
             try:
                 os.unlink(tmp)

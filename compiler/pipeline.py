@@ -18,6 +18,7 @@ import glob
 import json
 import os
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -32,7 +33,8 @@ from . import cache
 from .paths import DEFAULT_COOKBOOK, DEFAULT_OUT, MODEL_FACTS, SPECS_DIR
 from .render import Renderer, template_dirs
 from .serving import Serving, default_servings, explicit_servings, rows_for
-from .write import WRITES, Listing, Planned, dumps, apply_many, check_component, clean_stale_temps, final_writes, plan
+from .write import (WRITES, DatasetLock, Listing, Planned, dumps, apply_many, check_component, clean_stale_temps,
+                    final_writes, plan, replan)
 
 
 @dataclass
@@ -339,10 +341,22 @@ def write_planned(result: CompileResult) -> None:
 
 def write_planned_many(results: Sequence[CompileResult]) -> None:
     """Write the plans of :func:`compile_models` (or of one model): each file once, with its last
-    planned content."""
-    planned = final_writes([p for r in results for p in r.planned])
-    roots = sorted({os.path.dirname(os.path.dirname(p.path)) for r in results for p in r.planned})
-    for root in roots:
-        for folder in [root] + sorted(glob.glob(os.path.join(glob.escape(root), "*", ""))):
-            clean_stale_temps(folder)
-    apply_many(planned)
+    planned content.  Under the dataset's lock (another compile into the same folder waits its
+    turn) every file is planned again against the folder as it is now, so what another process
+    wrote since the compile planned is merged with or reported as a collision — the results'
+    ``planned`` lists are updated to say what was done.  Temp files that a killed earlier run left
+    in the dataset are removed first."""
+    writes = any(p.status in WRITES for r in results for p in r.planned)
+    roots = sorted({os.path.dirname(os.path.dirname(os.path.dirname(p.path))) for r in results for p in r.planned})
+    with ExitStack() as stack:
+        if writes:
+            for root in roots:                # one dataset in practice; sorted, so never a deadlock
+                stack.enter_context(DatasetLock(root))
+            for r, again in zip(results, replan([r.planned for r in results])):
+                r.planned[:] = again
+        for root in roots:
+            base = os.path.join(root, "definitions")
+            for folder in [base] + sorted(glob.glob(os.path.join(glob.escape(base), "*", ""))):
+                clean_stale_temps(folder)
+        if writes:
+            apply_many(final_writes([p for r in results for p in r.planned]))

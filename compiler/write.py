@@ -3,17 +3,24 @@
 Every write is atomic (a temp file in the same folder, fsync, rename).  An existing file is
 never replaced silently: equal content is left alone, a definition with the same structure
 (axes, tensors, constraints) gains the new ``model:``/``tp:``/… tags (a merge), and anything
-else is a collision that is reported and left as it is unless ``--force`` (which keeps a
-``.bak`` of the old file).
+else is a collision that is reported and left as it is unless ``--force`` (which keeps the old
+file as a backup: ``NAME.json.bak``, or ``.bak.1``, ``.bak.2``, … — an existing backup is never
+overwritten).
+
+Several processes may write into one dataset: the write step holds an advisory lock on the
+dataset folder (:class:`DatasetLock`, flock(2)) and re-plans every file under it (:func:`replan`),
+so a file another compile wrote meanwhile is merged with or reported, never lost or replaced
+unreported.
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
 import re
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import DefcError, Location
 from .load import display_path
@@ -252,7 +259,8 @@ class Planned:
     version that is written.  ``backup_text``: for ``replaced``, the content the ``.bak`` keeps
     when it is not the file on disk (an earlier model of the same run planned it)."""
 
-    __slots__ = ("doc", "path", "status", "detail", "_text", "sources", "backup_text", "_structure")
+    __slots__ = ("doc", "path", "status", "detail", "_text", "sources", "backup_text", "_structure",
+                 "placed", "force", "skip_existing", "backups")
 
     def __init__(self, doc: Dict[str, Any], path: str, status: str, detail: str = "",
                  text: Optional[str] = None, sources: Optional[List[str]] = None,
@@ -262,6 +270,13 @@ class Planned:
         self.sources = list(sources or [])
         self.backup_text = backup_text
         self._structure: Optional[str] = None
+        # how the plan was made (see replan): the definition placed and the options
+        self.placed: Optional[Dict[str, Any]] = None
+        self.force = False
+        self.skip_existing = True
+        # for ``replaced``: every old content to keep, oldest first (None: the file on disk);
+        # None: [backup_text] (see final_writes)
+        self.backups: Optional[List[Optional[str]]] = None
 
     def structure(self) -> str:
         """structure(self.doc), worked out once."""
@@ -315,7 +330,19 @@ def plan(out: str, doc: Dict[str, Any], force: bool = False, skip_existing: bool
     """Place a definition: against the file on disk, or against ``current[path]`` — the write an
     earlier model of the same run planned for that file, which the disk would hold by now.
     ``listing``: a Listing shared by the plans of one compile."""
-    path = definition_path(out, doc)
+    return plan_at(definition_path(out, doc), doc, force, skip_existing, current, listing)
+
+
+def plan_at(path: str, doc: Dict[str, Any], force: bool = False, skip_existing: bool = True,
+            current: Optional[Dict[str, Planned]] = None, listing: Optional[Listing] = None) -> Planned:
+    """:func:`plan` for a known file path."""
+    p = _plan_at(path, doc, force, skip_existing, current, listing)
+    p.placed, p.force, p.skip_existing = doc, force, skip_existing
+    return p
+
+
+def _plan_at(path: str, doc: Dict[str, Any], force: bool, skip_existing: bool,
+             current: Optional[Dict[str, Planned]], listing: Optional[Listing]) -> Planned:
     prior = current.get(path) if current is not None else None
     if prior is not None:
         return _plan_over(path, doc, prior.doc, prior, force, skip_existing)
@@ -326,11 +353,36 @@ def plan(out: str, doc: Dict[str, Any], force: bool = False, skip_existing: bool
             old = json.load(fh)
         if not isinstance(old, dict):
             raise ValueError("not an object")
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
         if force:
             return Planned(doc, path, "replaced", f"existing file was unreadable ({str(e)[:60]}); kept as .bak")
         return Planned(doc, path, "collision", f"existing file is not a readable definition ({str(e)[:60]})")
     return _plan_over(path, doc, old, None, force, skip_existing)
+
+
+def replan(plans: Sequence[Sequence[Planned]]) -> List[List[Planned]]:
+    """Make the plans again, in the same order, against the dataset as it is now (each list: one
+    model's, planned after the lists before it).  The write step does this under the dataset lock,
+    so what another process wrote since the first planning is merged with or reported as a
+    collision, never overwritten.  A plan that was not made by :func:`plan` is kept as it is."""
+    current: Dict[str, Planned] = {}
+    listing = Listing()
+    out: List[List[Planned]] = []
+    for group in plans:
+        again = []
+        for p in group:
+            if p.placed is None:
+                q = p
+            else:
+                q = plan_at(p.path, p.placed, p.force, p.skip_existing, current, listing)
+                q.sources = p.sources
+                if q.status == p.status == "new" and p._text is not None:
+                    q.text = p._text                     # the text already made for it
+            if q.status in WRITES:
+                current[q.path] = q
+            again.append(q)
+        out.append(again)
+    return out
 
 
 def _plan_over(path: str, doc: Dict[str, Any], old: Dict[str, Any], prior: Optional[Planned], force: bool,
@@ -361,22 +413,25 @@ def _plan_over(path: str, doc: Dict[str, Any], old: Dict[str, Any], prior: Optio
 
 def final_writes(planned: Sequence[Planned]) -> List[Planned]:
     """The writes of plans made in order (one model after another): per file, the last planned
-    content, written once.  Where a file was replaced along the way, its ``.bak`` keeps what the
-    last replacement replaced, as writing every version in turn would have left it."""
+    content, written once.  Where a file was replaced along the way, each content it replaced is
+    kept as a backup (``.bak``, ``.bak.1``, …), as writing every version in turn would have left
+    them."""
     last: Dict[str, Planned] = {}
-    backup: Dict[str, Optional[str]] = {}
+    backups: Dict[str, List[Optional[str]]] = {}
     for p in planned:
         if p.status not in WRITES:
             continue
         if p.status == "replaced":
-            backup[p.path] = p.backup_text
+            backups.setdefault(p.path, []).append(p.backup_text)
         last[p.path] = p
     out = []
     for path, p in last.items():
-        if path in backup and p.status != "replaced":
-            p = Planned(p.doc, path, "replaced", p.detail, p.text, p.sources, backup[path])
-        elif path in backup:
-            p.backup_text = backup[path]
+        if path in backups and p.status != "replaced":
+            q = Planned(p.doc, path, "replaced", p.detail, p.text, p.sources, backups[path][-1])
+            q.placed, q.force, q.skip_existing = p.placed, p.force, p.skip_existing
+            p = q
+        if path in backups:
+            p.backups = backups[path]
         if p.text is not None:
             out.append(p)
     return out
@@ -404,9 +459,40 @@ def apply(p: Planned) -> None:
     apply_many([p])
 
 
+def backup_names(path: str) -> Iterator[str]:
+    """Where the old contents of a replaced file go, in order: ``path.bak``, ``path.bak.1``, …"""
+    return (path + ".bak" + (f".{i}" if i else "") for i in itertools.count())
+
+
+def _write_backup(path: str, data: bytes) -> str:
+    """Keep data as the first free backup name of path (never replacing an earlier backup: the
+    temp file is linked to the name, which fails if it exists); return that name."""
+    fd, tmp = _write_temp(path, data)
+    try:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for bak in backup_names(path):
+            if os.path.lexists(bak):
+                continue
+            try:
+                os.link(tmp, bak)
+            except FileExistsError:
+                continue
+            except OSError as e:            # no hard links on this filesystem: we hold the lock
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+                    raise
+                os.rename(tmp, bak)
+            return bak
+    finally:
+        _unlink_quietly(tmp)
+    raise AssertionError("unreachable")
+
+
 def apply_many(planned: Sequence[Planned]) -> None:
-    """Carry out planned writes (new, merged or replaced), atomically, in batches; the .bak of a
-    replaced file is written (and synced) before the file is replaced."""
+    """Carry out planned writes (new, merged or replaced), atomically, in batches; the backups of
+    a replaced file are written (and synced) before the file is replaced, each under a new name."""
     todo = [p for p in planned if p.status in WRITES and p.text is not None]
     for folder in sorted({os.path.dirname(os.path.abspath(p.path)) for p in todo}):
         ensure_folder(folder)
@@ -414,11 +500,14 @@ def apply_many(planned: Sequence[Planned]) -> None:
     try:
         for p in todo:
             current = p
-            if p.status == "replaced" and p.backup_text is not None:
-                atomic_write_bytes(p.path + ".bak", p.backup_text.encode("utf-8"))
-            elif p.status == "replaced" and os.path.exists(p.path):
-                with open(p.path, "rb") as fh:
-                    atomic_write_bytes(p.path + ".bak", fh.read())
+            if p.status != "replaced":
+                continue
+            for text in (p.backups if p.backups is not None else [p.backup_text]):
+                if text is not None:
+                    _write_backup(p.path, text.encode("utf-8"))
+                elif os.path.exists(p.path):
+                    with open(p.path, "rb") as fh:
+                        _write_backup(p.path, fh.read())
         current = None
         atomic_write_many([(p.path, p.text.encode("utf-8")) for p in todo])
     except OSError as e:
@@ -427,6 +516,90 @@ def apply_many(planned: Sequence[Planned]) -> None:
         if where and os.path.basename(where).startswith(TEMP_PREFIX):
             where = os.path.dirname(where)
         raise DefcError(f"cannot write: {e.strerror or e}", Location(display_path(where)) if where else None) from None
+
+
+# -- the dataset lock ------------------------------------------------------------------------------
+
+LOCK_FILE = ".defc.lock"          # only where a folder itself cannot be locked
+LOCK_TIMEOUT_S = 600.0            # DEFC_LOCK_TIMEOUT: how long to wait for another compile
+
+
+def lock_timeout() -> float:
+    raw = os.environ.get("DEFC_LOCK_TIMEOUT")
+    if raw is None or raw == "":
+        return LOCK_TIMEOUT_S
+    try:
+        value = float(raw)
+        if not value >= 0 or value == float("inf"):
+            raise ValueError
+    except ValueError:
+        raise DefcError(f"must be a number of seconds (0 or more), got {raw!r}", field="DEFC_LOCK_TIMEOUT") from None
+    return value
+
+
+class DatasetLock:
+    """An advisory lock (flock(2)) on a dataset folder, held while a compile re-plans and writes
+    into it: concurrent compiles into one folder take turns.  The folder itself is locked (no file
+    is added to the dataset); where that is not possible, ``.defc.lock`` in it.  The kernel drops
+    the lock when its process dies, so a killed compile never leaves the dataset locked.  Waits up
+    to ``DEFC_LOCK_TIMEOUT`` seconds (default 600), then refuses with one line."""
+
+    def __init__(self, folder: str, timeout: Optional[float] = None):
+        self.folder = folder
+        self.timeout = timeout
+        self.fd: Optional[int] = None
+        self._file = False                           # locking .defc.lock instead of the folder
+
+    def __enter__(self) -> "DatasetLock":
+        import fcntl
+        timeout = lock_timeout() if self.timeout is None else self.timeout
+        ensure_folder(self.folder)
+        fd = self._open()
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    pass
+                except OSError as e:
+                    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                        pass
+                    elif e.errno in (errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP) \
+                            and not self._file:
+                        os.close(fd)                 # this filesystem cannot lock a folder: a lock file
+                        self._file = True
+                        fd = self._open()
+                        continue
+                    else:
+                        raise DefcError(f"cannot lock the dataset: {e.strerror or e}",
+                                        Location(display_path(self.folder))) from None
+                if time.monotonic() >= deadline:
+                    raise DefcError(f"another defc is writing into this dataset (waited {timeout:g} s, "
+                                    f"DEFC_LOCK_TIMEOUT); nothing was written", Location(display_path(self.folder)))
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return self
+
+    def _open(self) -> int:
+        try:
+            if self._file:
+                return os.open(os.path.join(self.folder, LOCK_FILE),
+                               os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            return os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise DefcError(f"cannot lock the dataset: {e.strerror or e}", Location(display_path(self.folder))) from None
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)                        # closing the descriptor releases the lock
+            self.fd = None
 
 
 def location_of(path: str) -> Location:

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from compiler import cache
 from compiler import write as W
 from compiler.errors import DefcError
 from compiler.paths import MODEL_FACTS, PROJECT_ROOT, SPECS_DIR
@@ -161,8 +162,11 @@ def test_apply_reports_os_errors_as_one_line(tmp_path):
 
 # -- an interrupted compile ----------------------------------------------------------------------
 
-def test_killed_compile_leaves_only_complete_json_and_next_run_cleans_up(specs, tmp_path):
+def test_killed_compile_leaves_only_complete_json_and_next_run_cleans_up(specs, tmp_path, monkeypatch):
     out = str(tmp_path / "out")
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("DEFC_CACHE_DIR", str(cache_dir))
+    monkeypatch.setattr(cache, "_cleaned", [])
     # every write stops halfway for 0.05 s, so the kill lands in the middle of one: after the first
     # batch is in place, while the second batch's temp files are being written
     proc = defc_process(compile_args(specs, out), slow_writes=True)
@@ -190,10 +194,15 @@ def test_killed_compile_leaves_only_complete_json_and_next_run_cleans_up(specs, 
     assert leftovers, "the kill should have interrupted a write (the half-written temp file stays behind)"
     assert all(re.match(r"^\.defc-\d+-.*\.tmp$", os.path.basename(t)) for t in leftovers)
 
-    # the next run removes the dead process's temp files and completes the dataset
+    # a cache entry the killed process was storing (a kill during a large entry, or a full disk)
+    (cache_dir / f"{cache.TEMP_PREFIX}{proc.pid}-x1y2z3").write_bytes(b'{"data": [')
+
+    # the next run removes the dead process's temp files (dataset and cache) and completes the dataset
     code = main(compile_args(specs, out))
     assert code == 0
     assert temp_files(out) == []
+    assert [n for n in os.listdir(cache_dir) if n.startswith(cache.TEMP_PREFIX)] == []
+    assert [n for n in os.listdir(out) if n != "definitions"] == []         # no lock file either
     clean = str(tmp_path / "clean")
     assert main(compile_args(specs, clean)) == 0
     assert read_all(out) == read_all(clean)
@@ -265,6 +274,12 @@ def test_collision_is_left_alone_and_force_keeps_bak(specs, tmp_path, capsys):
     # a second --force run has nothing to replace: the .bak stays the first old file
     assert main(compile_args(specs, out, "--force")) == 0
     assert open(target + ".bak").read() == other
+    # a third, after another edit, keeps that as .bak.1: the first backup is never overwritten
+    open(target, "w").write(other.replace("float16", "float32"))
+    assert main(compile_args(specs, out, "--force")) == 0
+    assert open(target + ".bak").read() == other
+    assert open(target + ".bak.1").read() == other.replace("float16", "float32")
+    assert temp_files(out) == []
 
 
 def test_unreadable_existing_file_is_a_collision_not_a_crash(specs, tmp_path, capsys):
