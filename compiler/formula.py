@@ -9,6 +9,12 @@ when the formula is parsed).  No ``eval``/``sympify`` of raw text ever happens; 
 built node by node, so a spec cannot run code, reach attributes, define lambdas or build huge
 powers.
 
+Budgets: a formula has at most ``MAX_OPERATIONS`` operations, and at parse an upper bound on the
+bit size of every number it could build is estimated from its literals and operators (a name
+counts as ``MAX_VALUE_BITS``; nested powers multiply their exponents), so ``((9**64)**64)**64``
+is refused before sympy folds it.  At evaluation, every number read from the environment and every
+result must fit ``MAX_VALUE_BITS`` bits (numerator and denominator each).
+
 Arithmetic is sympy's: the arithmetic part of a formula is a sympy expression over symbols
 (``Symbol('h') / 128``), built when the formula is first evaluated and then evaluated by
 substituting the model's values; ``40 / 3`` is the rational 40/3, which :func:`positive_int`
@@ -24,6 +30,9 @@ MAX_SOURCE = 1000
 MAX_INT = 2 ** 63
 MAX_EXPONENT = 64
 MAX_DEPTH = 40
+MAX_OPERATIONS = 300          # operators, calls, names and literals in one formula
+MAX_VALUE_BITS = 256          # a number a formula reads or produces (numerator and denominator each)
+MAX_FORMULA_BITS = 1 << 16    # the largest number a formula could build on the way (estimated at parse)
 
 ARITH_ARITY = {"max": (1, 16), "min": (1, 16), "ceil": (1, 1), "floor": (1, 1), "cdiv": (2, 2)}
 OTHER_FUNCS = {"defined": (1, 1), "len": (1, 1)}
@@ -54,12 +63,16 @@ def _num(v: Any):
     if isinstance(v, bool):
         raise FormulaError(f"{v!r} is a boolean, not a number")
     if isinstance(v, int):
+        if v.bit_length() > MAX_VALUE_BITS:
+            raise FormulaError(f"{str(v)[:20]}... is a number of more than {MAX_VALUE_BITS} bits")
         return _sympy().Integer(v)
     if isinstance(v, float):
         if v != v or v in (float("inf"), float("-inf")):
             raise FormulaError(f"{v!r} is not a finite number")
         return _sympy().Float(v)
     if _is_sympy(v) and v.is_number:
+        if _too_big(v):
+            raise FormulaError(f"a number of more than {MAX_VALUE_BITS} bits")
         return v
     raise FormulaError(f"{v!r} is not a number")
 
@@ -109,7 +122,10 @@ class Formula:
     def evaluate(self, env: Mapping[str, Any]):
         if self._fn is None:
             self._build()
-        return self._fn(env)
+        v = self._fn(env)
+        if _too_big(v) or (type(v).__name__ == "Float" and _is_sympy(v)):
+            _bounded(v, f"'{self.source}'")
+        return v
 
     @property
     def expr(self):
@@ -229,6 +245,70 @@ def _check(node, names: set, depth: int = 0) -> None:
         _fail(node, f"{what} {'are' if what.endswith(('ns', 'ls', 'ts', 'gs')) else 'is'} not allowed")
     for child in ast.iter_child_nodes(node):
         _check(child, names, depth + 1)
+
+
+def _bits(node) -> int:
+    """An upper bound on the bits of any number ``node`` can produce (numerator plus denominator);
+    names and list elements count as ``MAX_VALUE_BITS`` (what evaluation lets through)."""
+    if isinstance(node, ast.Constant):
+        v = node.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return 1
+        return 64 if isinstance(v, float) else max(1, abs(v).bit_length())
+    if isinstance(node, (ast.Name, ast.Subscript)):
+        return MAX_VALUE_BITS
+    if isinstance(node, ast.UnaryOp):
+        return 1 if isinstance(node.op, ast.Not) else _bits(node.operand)
+    if isinstance(node, ast.BinOp):
+        left = _bits(node.left)
+        if isinstance(node.op, ast.Pow):
+            return left * max(1, abs(_int_literal(node.right) or 1))
+        return left + _bits(node.right) + 1
+    if isinstance(node, ast.IfExp):
+        return max(_bits(node.body), _bits(node.orelse))
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return max([_bits(e) for e in node.elts] or [1])
+    if isinstance(node, ast.Call):
+        fname = node.func.id
+        if fname in ("defined", "len"):
+            return 64
+        sizes = [_bits(a) for a in node.args]
+        return sum(sizes) + 1 if fname == "cdiv" else max(sizes)
+    return 1          # comparisons and boolean operators give booleans
+
+
+def _check_budget(tree) -> None:
+    """Refuse a formula with too many operations, or one that could build a huge number."""
+    ops = sum(1 for n in ast.walk(tree) if isinstance(n, ast.expr))
+    if ops > MAX_OPERATIONS:
+        raise FormulaError(f"formula has {ops} operations, more than the {MAX_OPERATIONS} allowed")
+
+    def walk(node):             # innermost first: the error points at the first power too large
+        for child in ast.iter_child_nodes(node):
+            walk(child)
+        if isinstance(node, ast.expr):
+            b = _bits(node)
+            if b > MAX_FORMULA_BITS:
+                _fail(node, f"formula could build a number of about {b} bits, more than the {MAX_FORMULA_BITS} "
+                            "allowed")
+    walk(tree)
+
+
+def _too_big(v) -> bool:
+    """A number with more than ``MAX_VALUE_BITS`` bits (numerator or denominator)."""
+    if isinstance(v, int):
+        return not isinstance(v, bool) and v.bit_length() > MAX_VALUE_BITS
+    if _is_sympy(v) and getattr(v, "is_Rational", False):
+        return v.p.bit_length() > MAX_VALUE_BITS or v.q.bit_length() > MAX_VALUE_BITS
+    return False
+
+
+def _bounded(v, what: str):
+    if _too_big(v):
+        raise FormulaError(f"{what} is a number of more than {MAX_VALUE_BITS} bits")
+    if _is_sympy(v) and getattr(v, "is_Float", False) and not abs(v) < 1e308:
+        raise FormulaError(f"{what} is a float too large to represent")
+    return v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,6 +538,7 @@ def parse(source: Any) -> Formula:
     names: set = set()
     try:
         _check(tree.body, names)
+        _check_budget(tree.body)
     except RecursionError:
         raise FormulaError("formula is nested too deeply") from None
     return Formula(text, frozenset(names), tree.body)
