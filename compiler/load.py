@@ -70,6 +70,9 @@ def _yaml():
 
 
 MAX_NODES = 1_000_000      # values a document may expand to through aliases (billion laughs)
+MAX_FILE_BYTES = 16 * 1024 * 1024      # a spec, config, cookbook YAML, dump or dataset file
+MAX_EXPANDED_BYTES = 16 * 1024 * 1024  # the text a YAML document's scalars add up to, aliases expanded
+MAX_NESTING = 100          # containers inside containers in a YAML or JSON document
 _CORE_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "seq", "map")}
 
 
@@ -83,21 +86,29 @@ def _tag_problem(node) -> Optional[str]:
     return None
 
 
-def _expanded_size(node, memo: Dict[int, int]) -> int:
-    """How many values a node expands to once aliases are copied (shared nodes counted once per use)."""
+def _expanded_size(node, memo: Dict[int, Tuple[int, int]], depth: int = 0) -> Tuple[int, int]:
+    """How many values, and how many bytes of scalar text, a node expands to once aliases are
+    copied (shared nodes counted once per use); deeper than MAX_NESTING is refused."""
     if not isinstance(node, (dict, list)):
-        return 1
+        return 1, (len(node) if isinstance(node, str) else 8)
+    if depth > MAX_NESTING:
+        raise DefcError(f"invalid YAML: nested more than {MAX_NESTING} levels deep")
     key = id(node)
     if key in memo:
         return memo[key]
-    memo[key] = 1                      # a node that contains itself counts once
-    n = 1
-    for v in (node.values() if isinstance(node, dict) else node):
-        n += _expanded_size(v, memo)
+    memo[key] = (1, 0)                 # a node that contains itself counts once
+    n, size = 1, 0
+    items = list(node.items()) if isinstance(node, dict) else [(None, v) for v in node]
+    for k, v in items:
+        vn, vs = _expanded_size(v, memo, depth + 1)
+        n += vn
+        size += vs + (len(k) if isinstance(k, str) else 8)
         if n > MAX_NODES:
             raise DefcError(f"invalid YAML: aliases expand to more than {MAX_NODES} values")
-    memo[key] = n
-    return n
+        if size > MAX_EXPANDED_BYTES:
+            raise DefcError(f"invalid YAML: aliases expand to more than {MAX_EXPANDED_BYTES} bytes of text")
+    memo[key] = (n, size)
+    return n, size
 
 
 def _plain(node, path: Path, positions: Dict[Path, Tuple[int, int]]):
@@ -148,17 +159,58 @@ def _plain(node, path: Path, positions: Dict[Path, Tuple[int, int]]):
     return str(node)
 
 
-def read_text(path: str, what: str = "file") -> str:
+def read_bytes(path: str, what: str = "file", limit: int = MAX_FILE_BYTES) -> bytes:
+    """A regular file's bytes (never a FIFO, device or socket: those could block or never end),
+    at most ``limit`` of them; anything else is a one-line DefcError."""
+    import stat
     shown = display_path(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        st = os.stat(path)
     except FileNotFoundError:
         raise DefcError(f"{what} not found", Location(shown)) from None
+    except OSError as e:
+        raise DefcError(f"cannot read {what}: {e.strerror}", Location(shown)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DefcError(f"{what} is a directory, expected a file", Location(shown))
+    if not stat.S_ISREG(st.st_mode):
+        raise DefcError(f"{what} is not a regular file (a device, FIFO or socket is not read)", Location(shown))
+    if st.st_size > limit:
+        raise DefcError(f"{what} is larger than {limit} bytes ({st.st_size})", Location(shown))
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):      # replaced between stat and open
+                raise DefcError(f"{what} is not a regular file", Location(shown))
+            with os.fdopen(fd, "rb") as fh:
+                fd = -1
+                raw = fh.read(limit + 1)
+        finally:
+            if fd >= 0:
+                os.close(fd)
     except IsADirectoryError:
         raise DefcError(f"{what} is a directory, expected a file", Location(shown)) from None
     except OSError as e:
         raise DefcError(f"cannot read {what}: {e.strerror}", Location(shown)) from None
+    if len(raw) > limit:
+        raise DefcError(f"{what} is larger than {limit} bytes", Location(shown))
+    return raw
+
+
+def nesting_depth_problem(data: Any, limit: int = MAX_NESTING) -> bool:
+    """True when lists/dicts are nested more than ``limit`` deep (checked without recursion)."""
+    stack = [(data, 0)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, (dict, list)):
+            if d > limit:
+                return True
+            stack.extend((v, d + 1) for v in (x.values() if isinstance(x, dict) else x))
+    return False
+
+
+def read_text(path: str, what: str = "file") -> str:
+    shown = display_path(path)
+    raw = read_bytes(path, what)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -226,6 +278,8 @@ def _parse_yaml(text: str, shown: str) -> Located:
         raise _yaml_error(e, shown) from None
     except RecursionError:
         raise DefcError("invalid YAML: nested too deeply", Location(shown)) from None
+    except RecursionError:
+        raise DefcError("invalid YAML: nested too deeply", Location(shown)) from None
     positions: Dict[Path, Tuple[int, int]] = {}
     try:
         _expanded_size(node, {})
@@ -247,11 +301,33 @@ def _no_constant(name: str):
     raise _NotJSONConstant(name)
 
 
-def load_json(path: str, what: str = "JSON file") -> Any:
-    shown = display_path(path)
-    text = read_text(path, what)
+class _DuplicateJSONKey(ValueError):
+    pass
+
+
+def _unique_pairs(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateJSONKey(k)
+        out[k] = v
+    return out
+
+
+def _text_position(text: str, start: int) -> Tuple[int, int]:
+    return text.count("\n", 0, start) + 1, start - text.rfind("\n", 0, start)
+
+
+def parse_json_text(text: str, shown: str) -> Any:
+    """JSON text to data: duplicate keys, NaN/Infinity and nesting deeper than MAX_NESTING are
+    errors (one located line)."""
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        data = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_pairs)
+    except _DuplicateJSONKey as e:
+        key = e.args[0]
+        hits = [m.start() for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text)]
+        at = _text_position(text, hits[1]) if len(hits) > 1 else (0, 0)
+        raise DefcError(f"invalid JSON: duplicate key {json.dumps(key, ensure_ascii=False)}", Location(shown, *at)) from None
     except _NotJSONConstant as e:
         m = re.search(r"(?<![\w.\"])" + re.escape(e.args[0]) + r"(?![\w\"])", text)
         at = (text.count("\n", 0, m.start()) + 1, m.start() - text.rfind("\n", 0, m.start())) if m else (0, 0)
@@ -259,7 +335,14 @@ def load_json(path: str, what: str = "JSON file") -> Any:
     except json.JSONDecodeError as e:
         raise DefcError(f"invalid JSON: {e.msg}", Location(shown, e.lineno, e.colno)) from None
     except RecursionError:
-        raise DefcError("invalid JSON: nested too deeply", Location(shown)) from None
+        raise DefcError(f"invalid JSON: nested more than {MAX_NESTING} levels deep", Location(shown)) from None
+    if nesting_depth_problem(data):
+        raise DefcError(f"invalid JSON: nested more than {MAX_NESTING} levels deep", Location(shown))
+    return data
+
+
+def load_json(path: str, what: str = "JSON file") -> Any:
+    return parse_json_text(read_text(path, what), display_path(path))
 
 
 def load_safe_yaml(path: str, what: str = "YAML file") -> Any:
@@ -276,8 +359,14 @@ def load_safe_yaml(path: str, what: str = "YAML file") -> Any:
     y.allow_duplicate_keys = False
     try:
         data = y.load(text)
+        try:
+            _expanded_size(data, {})
+        except DefcError as e:
+            raise DefcError(e.message, Location(shown)) from None
         if _json_exact(data):
             cache.put(key, data)
         return data
     except YAMLError as e:
         raise _yaml_error(e, shown) from None
+    except RecursionError:
+        raise DefcError("invalid YAML: nested too deeply", Location(shown)) from None
