@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -42,9 +43,34 @@ def catalogue_slugs() -> List[str]:
     return sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(catalogue_dir(), "*.yaml")))
 
 
-def _check_config(config: Any, where: str) -> Dict[str, Any]:
+# counts a config.json may leave out or set to null, but never to zero, a negative or a non-integer
+POSITIVE_COUNTS = ("num_attention_heads", "num_key_value_heads", "hidden_size", "num_hidden_layers")
+WRAPPERS = ("text_config", "llm_config", "language_config")
+
+
+def _key_location(path: str, where: str, key: str) -> Location:
+    """Where ``"key":`` first appears in a JSON file (for a message; line 0 if not found)."""
+    try:
+        from .load import read_text
+        text = read_text(path, "config.json")
+    except DefcError:
+        return Location(where)
+    m = re.search(re.escape(json.dumps(key)) + r"\s*:", text)
+    if not m:
+        return Location(where)
+    return Location(where, text.count("\n", 0, m.start()) + 1, m.start() - text.rfind("\n", 0, m.start()))
+
+
+def _check_config(config: Any, where: str, path: Optional[str] = None) -> Dict[str, Any]:
     if not isinstance(config, dict):
         raise DefcError(f"config.json must be a JSON object, got {type(config).__name__}", Location(where))
+    for part in [config] + [config[w] for w in WRAPPERS if isinstance(config.get(w), dict)]:
+        for key in POSITIVE_COUNTS:
+            v = part.get(key)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v <= 0):
+                continue        # other wrong types are reported where a formula reads them
+            raise DefcError(f"must be a positive integer, got {v}",
+                            _key_location(path, where, key) if path else Location(where), key)
     return config
 
 
@@ -67,7 +93,7 @@ def slug_for(name: str) -> str:
 
 def load_local(path: str) -> ModelInfo:
     cfg_path = os.path.join(path, "config.json") if os.path.isdir(path) else path
-    config = _check_config(load_json(cfg_path, "config.json"), display_path(cfg_path))
+    config = _check_config(load_json(cfg_path, "config.json"), display_path(cfg_path), cfg_path)
     base = os.path.basename(os.path.dirname(os.path.abspath(cfg_path))) if os.path.basename(cfg_path) == "config.json" \
         else os.path.splitext(os.path.basename(cfg_path))[0]
     name = config.get("_name_or_path") if isinstance(config.get("_name_or_path"), str) else base
@@ -109,7 +135,7 @@ def load_from_hub(repo_id: str, revision: Optional[str] = None) -> ModelInfo:
     except (OSError, ValueError) as e:
         raise DefcError(f"cannot fetch config.json of '{repo_id}': {str(e).splitlines()[0] if str(e) else type(e).__name__}",
                         field="--hf-repo-id") from None
-    config = _check_config(load_json(path, "config.json"), path)
+    config = _check_config(load_json(path, "config.json"), path, path)
     slug = slug_for(repo_id.split("/")[-1])
     info = ModelInfo(slug=slug, config=config, origin=f"hf://{repo_id}", hf_repo_id=repo_id,
                      source=f"Hugging Face Hub {repo_id}", cookbook_model_paths=[repo_id])
