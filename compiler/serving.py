@@ -198,7 +198,11 @@ def default_servings(rows: Sequence[CookbookRow], quant_of) -> List[Serving]:
     return sorted(seen.values(), key=lambda s: (s.tp, s.ep, s.dp, s.dp_attention, s.quantization or ""))
 
 
+MAX_PARALLEL = 65536       # the largest TP/EP/DP size a command line may name
+
+
 def parse_int_list(text: Optional[str], option: str) -> Optional[List[int]]:
+    """``1,2,8`` → [1, 2, 8]: ASCII digits only (not ``²`` or ``٣``), each from 1 to MAX_PARALLEL."""
     if text is None:
         return None
     out = []
@@ -206,8 +210,11 @@ def parse_int_list(text: Optional[str], option: str) -> Optional[List[int]]:
         part = part.strip()
         if not part:
             continue
-        if not part.isdigit() or int(part) < 1:
-            raise DefcError(f"expected a comma list of positive integers, got '{part}'", field=option)
+        shown = part if len(part) <= 20 else part[:20] + "..."
+        if not re.fullmatch(r"[0-9]+", part) or part.strip("0") == "":
+            raise DefcError(f"expected a comma list of positive integers, got '{shown}'", field=option)
+        if len(part) > 6 or int(part) > MAX_PARALLEL:
+            raise DefcError(f"{shown} is larger than {MAX_PARALLEL}", field=option)
         out.append(int(part))
     if not out:
         raise DefcError("expected at least one value", field=option)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import io
 import logging
 import os
 import sys
@@ -54,8 +56,38 @@ def _print_traceback() -> None:
     traceback.print_exc()
 
 
+def _usable_streams() -> None:
+    """A closed stdout or stderr (``defc models >&-``) becomes the null device: output to it is
+    dropped quietly instead of failing the command."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+            continue
+        try:
+            os.fstat(stream.fileno())
+        except (AttributeError, ValueError, io.UnsupportedOperation):
+            continue                    # not a real file (a test's capture): leave it
+        except OSError:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+
+
+def _quiet_exit_flush() -> None:
+    """Flush stdout now; if the reader went away (a closed pipe), drop what is left so that
+    Python's own flush at exit has nothing to complain about."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
+
+
 def main(argv=None) -> int:
     """Run one defc command; its exit status."""
+    _usable_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("DEFC_DEBUG") == "1"
     ap = build_parser(_command(argv))
@@ -96,7 +128,16 @@ def _run(args, debug: bool) -> int:
         print("defc: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        _quiet_exit_flush()
         return 0
+    except OSError as e:
+        if e.errno in (errno.EPIPE, errno.EBADF):       # stdout or stderr closed under us
+            _quiet_exit_flush()
+            return 0
+        if debug:
+            _print_traceback()
+        print(f"defc: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 2
     except Exception as e:  # a bug in defc: one line unless --debug
         if debug:
             _print_traceback()
@@ -106,7 +147,9 @@ def _run(args, debug: bool) -> int:
 
 def entry() -> None:
     """The ``defc`` script."""
-    sys.exit(main())
+    code = main()
+    _quiet_exit_flush()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,35 @@ def options_from(args, model=None):
         specs_dir=args.specs_dir or SPECS_DIR, template_dirs=args.templates)
 
 
+def check_quantization(words, specs_dir):
+    """Every --quantization word is 'all', a name in the facts' quantization_names (or the key it
+    maps to), or a variant some spec declares; anything else is an error, not an empty compile."""
+    import glob
+    import os
+    from compiler.errors import DefcError
+    from compiler.facts import load_facts
+    from compiler.load import load_yaml
+    if not words:
+        return
+    names = load_facts(specs_dir).quant_names
+    known = {"all"} | {str(k).lower() for k in names} | {str(v).lower() for v in names.values()}
+    unknown = [w for w in words if w.lower() not in known]
+    if not unknown:
+        return
+    for path in sorted(glob.glob(os.path.join(specs_dir, "*.yaml"))):
+        try:
+            data = load_yaml(path, "spec").data
+        except DefcError:
+            continue                    # the compile reports it
+        for d in (data.get("definitions") or []) if isinstance(data, dict) else []:
+            q = d.get("quantization") if isinstance(d, dict) else None
+            known |= {str(x).lower() for x in (q if isinstance(q, list) else [q] if q else [])}
+    unknown = [w for w in words if w.lower() not in known]
+    if unknown:
+        raise DefcError(f"unknown quantization '{unknown[0][:40]}' (known: {', '.join(sorted(known))})",
+                        field="--quantization")
+
+
 def models_from(args):
     """The --model values, or the catalogue for --all-models; several models only by catalogue
     slug, path or repo id (--config and --hf-repo-id name one model)."""
@@ -77,6 +106,7 @@ def run(args) -> int:
     from compiler.write import WRITES
     models = models_from(args)
     opts = options_from(args, models[0] if len(models) == 1 else None)
+    check_quantization(opts.quantization, opts.specs_dir)
     results = compile_models(models or [None], opts)     # no --model: --config or --hf-repo-id names it
     found = [(r.model.slug, f) for r in results for f in r.findings]
     if args.strict and found:
