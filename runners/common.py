@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 
 from compiler.errors import DefcError, Location
 from compiler.facts import load_facts, model_env, quant_key
-from compiler.load import display_path
+from compiler.load import MAX_NESTING, display_path, nesting_depth_problem, read_bytes
 from compiler.models import resolve_model
 from compiler.serving import Serving
 from compiler.write import atomic_write_text
@@ -59,10 +59,9 @@ def read_marker(folder: str) -> Optional[Dict[str, Any]]:
     if not os.path.exists(p):
         return None
     try:
-        with open(p, encoding="utf-8") as fh:
-            m = json.load(fh)
+        m = json.loads(read_bytes(p, "pass marker").decode("utf-8"))
         return m if isinstance(m, dict) else None
-    except (OSError, ValueError):
+    except (DefcError, OSError, ValueError, RecursionError):
         return None
 
 
@@ -131,20 +130,73 @@ class DumpSet:
         return " ".join(bits) + f" ({display_path(self.folder)})"
 
 
+# the fields of a Definition dump and the JSON type each must have
+DUMP_FIELDS = {"name": str, "op_type": str, "description": str, "reference": str,
+               "axes": dict, "inputs": dict, "outputs": dict, "tags": list, "constraints": list}
+_JSON_TYPE = {str: "a string", dict: "an object", list: "a list", int: "a number", float: "a number",
+              bool: "a boolean", type(None): "null"}
+
+
+def _json_type(v: Any) -> str:
+    return _JSON_TYPE.get(type(v), type(v).__name__)
+
+
+def dump_shape_problem(doc: Dict[str, Any]) -> str:
+    """Why a dump's top-level fields have the wrong JSON types ('' when they do not)."""
+    for key, want in DUMP_FIELDS.items():
+        v = doc.get(key)
+        if v is not None and not isinstance(v, want):
+            return f"field '{key}' is {_json_type(v)}, expected {_JSON_TYPE[want]}"
+    for t in doc.get("tags") or []:
+        if not isinstance(t, str):
+            return f"field 'tags' holds {_json_type(t)}, expected strings"
+    for key in ("axes", "inputs", "outputs"):
+        for name, v in (doc.get(key) or {}).items():
+            if not isinstance(v, dict):
+                return f"{key}.{name} is {_json_type(v)}, expected an object"
+    return ""
+
+
 def read_json_file(path: str) -> DumpFile:
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        raw = read_bytes(path, "dump")
         doc = json.loads(raw.decode("utf-8"))
+    except DefcError as e:
+        return DumpFile(path, None, e.message)
     except UnicodeDecodeError:
         return DumpFile(path, None, "not UTF-8")
+    except RecursionError:
+        return DumpFile(path, None, f"nested more than {MAX_NESTING} levels deep")
     except ValueError as e:
         return DumpFile(path, None, f"not valid JSON ({str(e).splitlines()[0][:80]}); a pass killed mid-write?")
     except OSError as e:
         return DumpFile(path, None, f"cannot read: {e.strerror}")
     if not isinstance(doc, dict):
         return DumpFile(path, None, f"not a JSON object ({type(doc).__name__})")
+    if nesting_depth_problem(doc):
+        return DumpFile(path, None, f"nested more than {MAX_NESTING} levels deep")
+    problem = dump_shape_problem(doc)
+    if problem:
+        return DumpFile(path, None, problem)
     return DumpFile(path, doc)
+
+
+def check_marker(marker: Optional[Dict[str, Any]], folder: str) -> Optional[Dict[str, Any]]:
+    """A pass marker whose fields have the types defc writes; else a located one-line error."""
+    if marker is None:
+        return None
+    where = Location(display_path(os.path.join(folder, MARKER)))
+    for key in ("model", "backend", "quantization", "status"):
+        v = marker.get(key)
+        if v is not None and not isinstance(v, str):
+            raise DefcError(f"expected a string, got {json.dumps(v)[:40]}", where, key)
+    for key in ("tp", "ep", "dp", "page_size"):
+        v = marker.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise DefcError(f"expected a positive integer, got {json.dumps(v)[:40]}", where, key)
+    if marker.get("definitions") is not None and not isinstance(marker.get("definitions"), list):
+        raise DefcError(f"expected a list, got {_json_type(marker['definitions'])}", where, "definitions")
+    return marker
 
 
 def _dump_files(folder: str) -> List[str]:
@@ -153,7 +205,7 @@ def _dump_files(folder: str) -> List[str]:
 
 
 def load_pass_folder(folder: str) -> DumpSet:
-    marker = read_marker(folder)
+    marker = check_marker(read_marker(folder), folder)
     source = (marker or {}).get("backend") or "unknown"
     ds = DumpSet(folder, "pass", source, marker)
     ds.files = [read_json_file(p) for p in _dump_files(folder)]
