@@ -25,6 +25,9 @@ def register(sub) -> None:
     p.add_argument("--format", choices=["markdown", "json"], default="markdown")
     p.add_argument("--matrix", action="store_true", help="a models × op families table of definition counts")
     p.add_argument("--write", metavar="PATH", help="write the output to PATH (e.g. docs/model-families.md)")
+    p.add_argument("--corpus", metavar="DIR",
+                   help="with --matrix: also every DIR/*/config.json (models outside the catalogue, at TP 1), with "
+                        "what defc reported for each (gaps, unmodelled keys, assumed facts, unknown keys)")
     p.add_argument("--write-fi-api-list", action="store_true",
                    help="regenerate the bundled list of traced FlashInfer APIs from the installed flashinfer, and exit")
     add_common(p)
@@ -74,7 +77,15 @@ def run(args) -> int:
                                "counts": {m: {f: counts.get((m, f), 0) for f in families} for m in models}},
                               indent=2) + "\n"
         else:
-            text = C.matrix_markdown(preds)
+            corpus = None
+            if args.corpus:
+                import glob
+                import os
+                paths = sorted(glob.glob(os.path.join(args.corpus, "*", "config.json")))
+                corpus, more = C.predict(paths, specs_dir=args.specs_dir or SPECS_DIR, template_dirs=args.templates,
+                                         dataset=C.NOWHERE, cookbook=args.cookbook)
+                problems += more
+            text = C.matrix_markdown(preds, corpus=corpus, corpus_dir=args.corpus or "")
         emit(text, args.write)
         return report_problems(problems)
     reg = registry_for(args)
