@@ -148,51 +148,61 @@ def schema_errors(doc: Located, schema_name: str) -> List[DefcError]:
 FORMULA_FIELDS = ("when", "requires", "value")
 
 
+def _mapping(x: Any) -> dict:
+    """x when it is a mapping, else {} (the schema reports the wrong type)."""
+    return x if isinstance(x, dict) else {}
+
+
+def _sequence(x: Any) -> list:
+    """x when it is a list, else [] (the schema reports the wrong type)."""
+    return x if isinstance(x, list) else []
+
+
 def _formula_paths(data: dict) -> Iterator[Tuple[Tuple, Any]]:
     """Every (path, formula text) in a spec document."""
     if "requires" in data:
         yield ("requires",), data["requires"]
-    for k, v in (data.get("let") or {}).items():
+    for k, v in _mapping(data.get("let")).items():
         yield ("let", k), v
     yield from _gap_paths(data, ())
-    for i, d in enumerate(data.get("definitions") or []):
+    for i, d in enumerate(_sequence(data.get("definitions"))):
         if not isinstance(d, dict):
             continue
         base = ("definitions", i)
         if "when" in d:
             yield base + ("when",), d["when"]
-        for k, v in (d.get("let") or {}).items():
+        for k, v in _mapping(d.get("let")).items():
             yield base + ("let", k), v
         yield from _gap_paths(d, base)
-        for j, c in enumerate(d.get("cases") or []):
+        for j, c in enumerate(_sequence(d.get("cases"))):
             if isinstance(c, dict):
                 if "when" in c:
                     yield base + ("cases", j, "when"), c["when"]
-                for k, v in (c.get("let") or {}).items():
+                for k, v in _mapping(c.get("let")).items():
                     yield base + ("cases", j, "let", k), v
-        for k, a in (d.get("axes") or {}).items():
+        for k, a in _mapping(d.get("axes")).items():
             if isinstance(a, dict):
                 for f in ("value", "when"):
                     if f in a:
                         yield base + ("axes", k, f), a[f]
         for sect in ("inputs", "outputs"):
-            for k, t in (d.get(sect) or {}).items():
+            for k, t in _mapping(d.get(sect)).items():
                 if isinstance(t, dict) and "when" in t:
                     yield base + (sect, k, "when"), t["when"]
-        for j, t in enumerate(d.get("tags") or []):
+        for j, t in enumerate(_sequence(d.get("tags"))):
             if isinstance(t, dict) and "when" in t:
                 yield base + ("tags", j, "when"), t["when"]
-        for j, t in enumerate(d.get("constraints") or []):
+        for j, t in enumerate(_sequence(d.get("constraints"))):
             if isinstance(t, dict) and "when" in t:
                 yield base + ("constraints", j, "when"), t["when"]
         ref = d.get("reference")
         if isinstance(ref, dict):
-            for k, v in (ref.get("params") or {}).items():
+            for k, v in _mapping(ref.get("params")).items():
                 yield base + ("reference", "params", k), v
 
 
 def _gap_paths(item: dict, base: Tuple) -> Iterator[Tuple[Tuple, Any]]:
-    for j, g in enumerate(item.get("gaps") or []):
+    for j, g in enumerate(_sequence(item.get("gaps"))):
         if isinstance(g, dict) and "when" in g:
             yield base + ("gaps", j, "when"), g["when"]
 
@@ -214,7 +224,7 @@ def spec_problems(doc: Located) -> Tuple[List[DefcError], Dict[Tuple, F.Formula]
         except F.FormulaError as e:
             errs.append(DefcError(f"bad formula {_short(text)}: {e}", doc.where(path), field_name(path)))
     ids = {}
-    for i, d in enumerate(data.get("definitions") or []):
+    for i, d in enumerate(_sequence(data.get("definitions"))):
         if isinstance(d, dict) and isinstance(d.get("id"), str):
             if d["id"] in ids:
                 errs.append(DefcError(f"duplicate definition id '{d['id']}'", doc.where(("definitions", i, "id")),
@@ -229,14 +239,14 @@ def spec_problems(doc: Located) -> Tuple[List[DefcError], Dict[Tuple, F.Formula]
 def _shape_problems(doc: Located, i: int, d: dict) -> List[DefcError]:
     """Tensor shapes must name declared axes; dtypes must be known or placeholders."""
     errs = []
-    axes = d.get("axes") if isinstance(d.get("axes"), dict) else {}
+    axes = d.get("axes") if isinstance(d.get("axes"), dict) else None     # not a mapping: the schema says so
     for sect in ("inputs", "outputs"):
         tensors = d.get(sect) if isinstance(d.get(sect), dict) else {}
         for name, t in tensors.items():
             if not isinstance(t, dict):
                 continue
-            for j, ax in enumerate(t.get("shape") or []):
-                if isinstance(ax, str) and ax not in axes and not PLACEHOLDER.fullmatch(ax):
+            for j, ax in enumerate(_sequence(t.get("shape"))):
+                if isinstance(ax, str) and axes is not None and ax not in axes and not PLACEHOLDER.fullmatch(ax):
                     p = ("definitions", i, sect, name, "shape", j)
                     errs.append(DefcError(f"shape names undefined axis '{ax}'", doc.where(p), field_name(p)))
             dt = t.get("dtype")
@@ -250,7 +260,7 @@ def _shape_problems(doc: Located, i: int, d: dict) -> List[DefcError]:
         p = ("definitions", i, "outputs", both[0])
         errs.append(DefcError(f"'{both[0]}' is both an input and an output (flashinfer-bench rejects that)",
                               doc.where(p), field_name(p)))
-    for k, a in axes.items():
+    for k, a in (axes or {}).items():
         if isinstance(a, dict):
             t = a.get("type", "const" if "value" in a else "var")
             p = ("definitions", i, "axes", k)
@@ -287,10 +297,10 @@ def load_spec(path: str) -> Spec:
     """Load and check a spec; a spec already checked in this process (same text, same shown path)
     is reused, so compiling many models does not re-validate every spec against the schema."""
     from .load import display_path
+    from .load import read_bytes
     try:
-        with open(path, "rb") as fh:
-            key = (os.path.abspath(path), display_path(path), hashlib.sha256(fh.read()).digest())
-    except OSError:
+        key = (os.path.abspath(path), display_path(path), hashlib.sha256(read_bytes(path, "spec")).digest())
+    except DefcError:
         key = None                      # load_yaml reports it
     if key is not None and key in _CHECKED:
         return _CHECKED[key]
