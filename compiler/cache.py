@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -89,7 +90,7 @@ def clean_temps(base: str, now: Optional[float] = None) -> List[str]:
             st = os.lstat(path)
             old = now - st.st_mtime > STALE_AFTER_S
             gone = pid.isdigit() and "-" in n[len(TEMP_PREFIX):] and not _pid_alive(int(pid))
-            if (old or gone) and not os.path.isdir(path):
+            if (old or gone) and stat.S_ISREG(st.st_mode):      # never a link or a folder
                 os.unlink(path)
                 removed.append(n)
         except (OSError, ValueError, OverflowError):
@@ -149,9 +150,20 @@ def results_enabled() -> bool:
 
 
 def _file_digest(h, path: str) -> None:
+    """A file's length and content; a device, FIFO or socket is never opened (it could block or
+    never end) and a file past load's size limit is keyed by its size and mtime (it is refused
+    when read)."""
+    import stat
+    from .load import MAX_FILE_BYTES
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            data = b"\0not a regular file"
+        elif st.st_size > MAX_FILE_BYTES:
+            data = b"\0too large %d %d" % (st.st_size, st.st_mtime_ns)
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_FILE_BYTES + 1)
     except OSError:
         data = b"\0unreadable"
     h.update(len(data).to_bytes(8, "little"))
