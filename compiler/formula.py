@@ -388,6 +388,8 @@ def _sym_evaluator(expr) -> Callable:
             try:
                 nums.append(_num(v))
             except FormulaError:
+                if _too_big(v):
+                    raise FormulaError(f"'{s.name}' is a number of more than {MAX_VALUE_BITS} bits") from None
                 raise FormulaError(f"'{s.name}' is {v!r}, not a number") from None
         try:
             out = expr.xreplace(dict(zip(syms, nums)))
