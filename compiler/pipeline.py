@@ -34,7 +34,7 @@ from .paths import DEFAULT_COOKBOOK, DEFAULT_OUT, MODEL_FACTS, SPECS_DIR
 from .render import Renderer, template_dirs
 from .serving import Serving, default_servings, explicit_servings, rows_for
 from .write import (WRITES, DatasetLock, Listing, Planned, dumps, apply_many, check_component, clean_stale_temps,
-                    final_writes, plan, replan)
+                    check_folder, final_writes, lock_timeout, plan, replan)
 
 
 @dataclass
@@ -350,8 +350,11 @@ def write_planned_many(results: Sequence[CompileResult]) -> None:
     roots = sorted({os.path.dirname(os.path.dirname(os.path.dirname(p.path))) for r in results for p in r.planned})
     with ExitStack() as stack:
         if writes:
+            timeout = lock_timeout()          # a bad DEFC_LOCK_TIMEOUT is reported before anything is made
+            for folder in sorted({os.path.dirname(p.path) for r in results for p in r.planned if p.status in WRITES}):
+                check_folder(folder)          # a file in the way is reported where it is, before any write
             for root in roots:                # one dataset in practice; sorted, so never a deadlock
-                stack.enter_context(DatasetLock(root))
+                stack.enter_context(DatasetLock(root, timeout))
             for r, again in zip(results, replan([r.planned for r in results])):
                 r.planned[:] = again
         for root in roots:

@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import re
+import stat
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -202,13 +203,25 @@ def clean_stale_temps(folder: str) -> List[str]:
         p = os.path.join(folder, n)
         m = _TEMP.match(n)
         try:
-            stale = not _pid_alive(int(m.group(1))) if m else now - os.lstat(p).st_mtime > STALE_AFTER_S
-            if stale and os.path.isfile(p):
+            st = os.lstat(p)
+            if not stat.S_ISREG(st.st_mode):          # our temp files are plain files, never links or folders
+                continue
+            stale = not _pid_alive(int(m.group(1))) if m else now - st.st_mtime > STALE_AFTER_S
+            if stale:
                 os.unlink(p)
                 removed.append(p)
         except (OSError, ValueError):
             pass
     return removed
+
+
+def check_folder(folder: str) -> None:
+    """Fail as ensure_folder would when a file is in the way of the folder, making nothing."""
+    cur = folder
+    while cur and not os.path.lexists(cur) and os.path.dirname(cur) != cur:
+        cur = os.path.dirname(cur)
+    if cur and os.path.lexists(cur) and not os.path.isdir(cur):
+        raise DefcError(f"a file is in the way of the folder {display_path(folder)}", Location(display_path(cur)))
 
 
 def ensure_folder(folder: str) -> None:
@@ -529,8 +542,8 @@ def lock_timeout() -> float:
     if raw is None or raw == "":
         return LOCK_TIMEOUT_S
     try:
-        value = float(raw)
-        if not value >= 0 or value == float("inf"):
+        value = float(raw)                    # inf: wait as long as it takes
+        if not value >= 0:
             raise ValueError
     except ValueError:
         raise DefcError(f"must be a number of seconds (0 or more), got {raw!r}", field="DEFC_LOCK_TIMEOUT") from None

@@ -7,6 +7,7 @@ Each case is a folder with ``case.yaml``::
     facts: specs          # optional: copy the project's specs/_model_facts.yaml into this folder
     env: {NAME: value}    # optional: environment for the run
     env_paths: {NAME: p}  # optional: environment variables holding paths inside the case folder
+    locked: out           # optional: another process holds the dataset lock on this folder meanwhile
     stdout_has: "text"    # optional: stdout must contain this too (the detail behind a summary line)
     stream: stdout        # optional: the command reports in a table; stderr must be empty and
                           # ``expect`` is one stdout line (whitespace runs compared as one space)
@@ -15,12 +16,16 @@ Each case is a folder with ``case.yaml``::
 and the input files the arguments name (specs, templates, config.json, cookbook YAMLs, and
 sometimes an ``out/`` dataset that must stay exactly as it is).  The case is copied into a
 temporary folder, which becomes the working directory, so paths in messages are relative to the
-case folder.  The run must exit non-zero, print exactly the expected line on stderr and no
-traceback, and leave every file of the folder (names, bytes and mtimes) as it was.
+case folder.  Each case runs in a child process of its own (forked from a runner that imported
+defc once: tests/bad_input_child.py) under a 1 GiB address-space limit, and must end within 5 s.
+The run must exit non-zero, print exactly the expected line on stderr and no traceback, and
+leave every file of the folder (names, bytes and mtimes) as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -106,23 +111,94 @@ def case_env(meta, work):
     return env
 
 
+# Each case runs in its own child process (forked from a runner that imported defc once, see
+# tests/bad_input_child.py) under an address-space limit, and must end within the time limit.
+LIMIT_AS = 1 << 30          # 1 GiB of address space: a case that needs more fails (MemoryError)
+TIME_LIMIT_S = 5.0
+
+
+@contextlib.contextmanager
+def held_lock(folder):
+    """``locked: FOLDER``: another defc's lock on that dataset folder, held while the case runs."""
+    if folder is None:
+        yield
+        return
+    import fcntl
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Runner:
+    """The runner process: one request (a JSON line) per case, one answer line back."""
+
+    def __init__(self):
+        self.proc = None
+
+    def run(self, req: dict) -> dict:
+        if self.proc is None or self.proc.poll() is not None:
+            env = dict(os.environ)
+            env.pop("DEFC_DEBUG", None)
+            self.proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "bad_input_child.py")],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, "the bad-input runner process died"
+        return json.loads(line)
+
+    def close(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+            self.proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def runner():
+    r = Runner()
+    yield r
+    r.close()
+
+
 @pytest.mark.parametrize("name", CASES)
-def test_bad_input(name, tmp_path, monkeypatch, capsys):
+def test_bad_input(name, tmp_path, runner):
     work = str(tmp_path / "case")
     meta = prepare(name, work)
-    monkeypatch.setenv("DEFC_CACHE_DIR", str(tmp_path / "cache"))     # a cold parse cache: every input is parsed
-    for k, v in case_env(meta, work).items():
-        monkeypatch.setenv(k, v)
-    if "HF_HUB_CACHE" in (meta.get("env_paths") or {}):
-        import huggingface_hub.constants as C
-        monkeypatch.setattr(C, "HF_HUB_CACHE", os.environ["HF_HUB_CACHE"])
-        monkeypatch.setattr(C, "HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE") == "1")
-    monkeypatch.chdir(work)
-    capsys.readouterr()
+    env = {"DEFC_CACHE_DIR": str(tmp_path / "cache")}        # a cold parse cache: every input is parsed
+    env.update(case_env(meta, work))
     before = snapshot(work)
-    code = main(list(meta["args"]))
-    captured = capsys.readouterr()
-    check_outcome(name, meta, code, captured.out, captured.err, before, snapshot(work))
+    out, err = str(tmp_path / "stdout"), str(tmp_path / "stderr")
+    with held_lock(os.path.join(work, meta["locked"]) if meta.get("locked") else None):
+        res = runner.run({"args": list(meta["args"]), "cwd": work, "env": env, "stdout": out, "stderr": err,
+                          "limit_as": LIMIT_AS, "timeout": TIME_LIMIT_S})
+    with open(out, encoding="utf-8") as fh:
+        stdout = fh.read()
+    with open(err, encoding="utf-8") as fh:
+        stderr = fh.read()
+    assert not res["timed_out"], f"{name}: still running after {TIME_LIMIT_S} s (killed)"
+    assert res["maxrss_bytes"] < LIMIT_AS, f"{name}: peak memory {res['maxrss_bytes'] >> 20} MiB"
+    check_outcome(name, meta, res["code"], stdout, stderr, before, snapshot(work))
+
+
+def test_the_runner_enforces_the_limits(tmp_path, runner):
+    """A case that needs more than the address-space limit fails; one that runs too long is killed."""
+    def run(code, timeout=TIME_LIMIT_S):
+        res = runner.run({"exec": code, "cwd": str(tmp_path), "env": {}, "stdout": str(tmp_path / "o"),
+                          "stderr": str(tmp_path / "e"), "limit_as": LIMIT_AS, "timeout": timeout})
+        with open(tmp_path / "e") as fh:
+            return res, fh.read()
+    # address space, not touched (zeroing it would take seconds): defc and its libraries leave
+    # room for 800 MiB more, not for a whole GiB
+    res, err = run("import mmap; m = mmap.mmap(-1, 800 << 20)")
+    assert res["code"] == 0 and not res["timed_out"], err
+    res, err = run("import mmap; m = mmap.mmap(-1, 1 << 30)")
+    assert res["code"] != 0 and "Cannot allocate memory" in err, err
+    res, err = run("import time; time.sleep(30)", timeout=0.5)
+    assert res["timed_out"] and res["seconds"] < 5
 
 
 def _subprocess_env(meta, work):
@@ -146,7 +222,7 @@ def test_bad_input_in_a_real_process(name, tmp_path):
 
 
 def test_corpus_is_large_and_every_case_has_a_note():
-    assert len(CASES) >= 60
+    assert len(CASES) >= 250
     for name in CASES:
         with open(os.path.join(CORPUS, name, "case.yaml"), encoding="utf-8") as fh:
             first = fh.readline()
