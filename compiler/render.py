@@ -398,7 +398,7 @@ def _check_template_tree(root: str) -> None:
             real = os.path.realpath(path)
             if os.path.commonpath([real, real_root]) != real_root:
                 raise DefcError(f"a symlink that leads outside the template folder {display_path(root)} "
-                                f"(to {real})", Location(display_path(path)), "--templates")
+                                f"(to {display_path(real)})", Location(display_path(path)), "--templates")
             try:
                 mode = os.stat(path).st_mode
             except OSError as e:

@@ -62,14 +62,14 @@ def _usable_streams() -> None:
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is None:
-            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+            setattr(sys, name, os.fdopen(os.open(os.devnull, os.O_WRONLY), "w", encoding="utf-8"))
             continue
         try:
             os.fstat(stream.fileno())
         except (AttributeError, ValueError, io.UnsupportedOperation):
             continue                    # not a real file (a test's capture): leave it
         except OSError:
-            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+            setattr(sys, name, os.fdopen(os.open(os.devnull, os.O_WRONLY), "w", encoding="utf-8"))
 
 
 def _quiet_exit_flush() -> None:
