@@ -76,6 +76,8 @@ def spec_paths(specs: Sequence[str], specs_dir: str = SPECS_DIR) -> List[str]:
                        if not os.path.basename(p).startswith("_"))
         if not found:
             raise DefcError("no spec files (*.yaml) in this folder", Location(display_path(specs_dir)))
+        for p in found:
+            _inside(p, specs_dir)
         return found
     out = []
     families = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(specs_dir, "*.yaml"))
@@ -84,12 +86,21 @@ def spec_paths(specs: Sequence[str], specs_dir: str = SPECS_DIR) -> List[str]:
         if os.path.exists(s):
             out.append(s)
         elif os.path.exists(os.path.join(specs_dir, f"{s}.yaml")):
-            out.append(os.path.join(specs_dir, f"{s}.yaml"))
+            out.append(_inside(os.path.join(specs_dir, f"{s}.yaml"), specs_dir))
         elif os.sep in s or s.endswith((".yaml", ".yml")):
             raise DefcError("spec file not found", Location(display_path(s)), field="SPEC")
         else:
             raise DefcError(f"no spec '{s}' (a path, or one of: {', '.join(families)})", field="SPEC")
     return out
+
+
+def _inside(path: str, root: str) -> str:
+    """A spec found in the specs folder must be inside it: a symlink leading out is refused (a
+    path the user names is taken as named)."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, top]) != top:
+        raise DefcError(f"spec is a symlink to {real}, outside the specs folder; refused", Location(display_path(path)))
+    return path
 
 
 def load_specs(paths: Sequence[str]) -> List[Spec]:
