@@ -119,18 +119,27 @@ def resolve_arg(spec, case: Case, device: str, what: str, tensors: Dict[str, Any
 
 
 def pack_e2m1(x, scale: float, what: str):
-    """FP4-grid values / scale -> uint8, two codes per byte along the last dimension (low nibble first)."""
+    """FP4-grid values / scale -> uint8, two codes per byte along the last dimension (low nibble first).
+    Done one slice of the first dimension at a time (whole MoE weight tensors are large)."""
     import torch
     from .verify_inputs import E2M1_GRID
-    v = (x.float() / scale).contiguous()
-    if v.shape[-1] % 2:
+    if x.shape[-1] % 2:
         raise RecipeError(f"{what}: pack_e2m1 needs an even last dimension")
-    grid = torch.tensor(E2M1_GRID, dtype=torch.float32)
-    codes = (v.unsqueeze(-1) - grid).abs().argmin(dim=-1)            # nearest code (+0.0 before -0.0)
-    if not torch.allclose(grid[codes], v, rtol=1e-5, atol=1e-6):
-        raise RecipeError(f"{what}: pack_e2m1 needs values of the FP4 grid (build the input with e2m1:)")
-    codes = codes.to(torch.uint8)
-    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+    magnitudes = torch.tensor(E2M1_GRID[:8], dtype=torch.float32)      # codes 0..7; 8..15 the negatives
+    rows = x.reshape(-1, x.shape[-1]) if x.dim() < 2 else x.reshape(x.shape[0], -1, x.shape[-1])
+    out = torch.empty(*rows.shape[:-1], rows.shape[-1] // 2, dtype=torch.uint8)
+    for i in range(rows.shape[0]):
+        v = rows[i].float() / scale
+        mag = v.abs()
+        code = torch.searchsorted(magnitudes, mag).clamp(max=7)
+        lower = (code - 1).clamp(min=0)                                # nearest of the two neighbours
+        code = torch.where((mag - magnitudes[lower]).abs() < (magnitudes[code] - mag).abs(), lower, code)
+        if not torch.allclose(magnitudes[code], mag, rtol=1e-5, atol=1e-6):
+            raise RecipeError(f"{what}: pack_e2m1 needs values of the FP4 grid (build the input with e2m1:)")
+        code = (code + 8 * (v < 0)).to(torch.uint8)
+        out[i] = code[..., 0::2] | (code[..., 1::2] << 4)
+        del v, mag, code, lower
+    return out.reshape(*x.shape[:-1], x.shape[-1] // 2)
 
 
 def tensor_expr(text: str, tensors: Dict[str, Any], env: Dict[str, Any], what: str):
