@@ -262,11 +262,27 @@ def _yaml_error(e, shown: str) -> DefcError:
     return DefcError(f"invalid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}", Location(shown))
 
 
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of YAML flow collections ([...] and {...}) in text, brackets inside
+    quoted scalars and comments not counted (an upper bound good enough to refuse a bomb cheaply)."""
+    depth = deepest = 0
+    for m in re.finditer(r"\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\n]|'')*'|#[^\n]*|[\[\]{}]", text):
+        c = m.group(0)
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
 def _parse_yaml(text: str, shown: str) -> Located:
     from ruamel.yaml.error import YAMLError
     from ruamel.yaml.constructor import DuplicateKeyError
     if "\x00" in text:
         raise DefcError("file contains a NUL character", Location(shown, text[: text.index("\x00")].count("\n") + 1, 1))
+    if _flow_depth(text) > MAX_NESTING:          # refused before ruamel builds a node per level
+        raise DefcError(f"invalid YAML: nested more than {MAX_NESTING} levels deep", Location(shown))
     try:
         node = _yaml().load(text)
     except DuplicateKeyError as e:
@@ -276,8 +292,6 @@ def _parse_yaml(text: str, shown: str) -> Located:
         raise DefcError(msg, Location(shown, mark.line + 1 if mark else 0, mark.column + 1 if mark else 0)) from None
     except YAMLError as e:
         raise _yaml_error(e, shown) from None
-    except RecursionError:
-        raise DefcError("invalid YAML: nested too deeply", Location(shown)) from None
     except RecursionError:
         raise DefcError("invalid YAML: nested too deeply", Location(shown)) from None
     positions: Dict[Path, Tuple[int, int]] = {}
