@@ -8,12 +8,13 @@ different definition under the same name is reported as a collision and never ov
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from compiler.errors import DefcError
 from compiler.load import display_path
-from compiler.write import apply, check_component, plan
+from compiler.write import DatasetLock, apply, check_component, plan
 
 from .common import DumpSet, data_file
 from .rules import Outcome, apply_rules, load_rules
@@ -92,6 +93,14 @@ def validate(doc: Dict[str, Any]) -> str:
 
 def stage_docs(sets: Sequence[DumpSet], out: str, tags: Dict[str, Any], dry_run: bool = False,
                repair: bool = True) -> List[StageItem]:
+    """Normalise, tag and place every dump; each file is planned and written under the dataset's
+    lock (a concurrent compile or stage into the same folder waits its turn)."""
+    with (nullcontext() if dry_run else DatasetLock(out)):
+        return _stage_docs(sets, out, tags, dry_run, repair)
+
+
+def _stage_docs(sets: Sequence[DumpSet], out: str, tags: Dict[str, Any], dry_run: bool,
+                repair: bool) -> List[StageItem]:
     items: List[StageItem] = []
     for ds in sets:
         for f in ds.files:

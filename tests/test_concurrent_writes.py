@@ -298,3 +298,24 @@ def test_cache_write_on_a_full_disk_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         cache.put("k", {"big": 1})
     assert os.listdir(tmp_path) == []
+
+
+def test_stage_writes_under_the_dataset_lock(tmp_path, capsys, monkeypatch):
+    """defc stage places dumps under the same lock as compile: while another writer holds it, stage
+    waits, then refuses with one line and writes nothing."""
+    dumps = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reports", "gpu", "dumps",
+                         "llama-3.1-8b-tp1", "fi_trace_llama-3.1-8b_tp1_ep1_ps1")
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = _hold_lock(str(out))
+    try:
+        monkeypatch.setenv("DEFC_LOCK_TIMEOUT", "0.2")
+        assert main(["stage", dumps, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"defc: {display_path(str(out))}: error: another defc is writing into this dataset (waited 0.2 s, "
+                       f"DEFC_LOCK_TIMEOUT); nothing was written"]
+        assert os.listdir(out) == []
+    finally:
+        os.close(fd)
+    assert main(["stage", dumps, "--out", str(out)]) in (0, 1)
+    assert os.listdir(out / "definitions")
