@@ -21,8 +21,18 @@ from .paths import TEMPLATES_DIR
 KEY_ORDER = ("name", "description", "op_type", "tags", "axes", "constraints", "inputs", "outputs", "reference")
 
 
+def _defined(v: Any) -> None:
+    """An undefined template variable given to a filter raises Jinja's UndefinedError, which names
+    it (``'hiden_size' is undefined``), instead of a TypeError about its class."""
+    from jinja2 import Undefined
+    if isinstance(v, Undefined):
+        str(v)  # StrictUndefined: raises UndefinedError naming the variable
+        raise TypeError("an undefined value cannot be written")
+
+
 def _pyrepr(v: Any) -> str:
     """A Python literal for a value (used as ``{{ x | py }}`` in reference templates)."""
+    _defined(v)
     if isinstance(v, float):
         return repr(v)
     if isinstance(v, (bool, int, str, type(None))):
@@ -78,6 +88,7 @@ def _tojson(value: Any, indent: Optional[int] = None) -> str:
     """``{{ x | tojson }}``: plain JSON, exactly ``json.dumps(x, ensure_ascii=False)``.  Templates
     render JSON and Python source, not HTML, so Jinja's HTML-safe variant (which also escapes
     ``<>&'``) is not needed; the values parsed back are the same either way."""
+    _defined(value)
     return json.dumps(value, ensure_ascii=False, indent=indent)
 
 
