@@ -258,6 +258,14 @@ class Evaluator:
             want = set(sel)
         return [q for q in declared if q in want]
 
+    def requires(self, spec: Spec, base_env: Dict[str, Any], serving: Serving, default_quant: str) -> bool:
+        """Whether the spec's ``requires`` holds for the model at this serving config (True when it has none)."""
+        if "requires" not in spec.data:
+            return True
+        env0 = dict(base_env)
+        env0["quantization"] = serving.quantization or default_quant
+        return self._truth(spec, ("requires",), spec.data["requires"], env0, self._ctx(serving, ""))
+
     def run(self, spec: Spec, base_env: Dict[str, Any], serving: Serving, default_quant: str) -> List[Instance]:
         data = spec.data
         out: List[Instance] = []

@@ -182,6 +182,53 @@ def evaluate_model(opts: CompileOptions, model: ModelInfo, facts, specs: List[Sp
     return by_name, found
 
 
+def op_types_of(spec: Spec) -> List[str]:
+    """The op_types a spec's definitions declare (each definition's own, else the spec's)."""
+    top = spec.data.get("op_type") or spec.family
+    return sorted({str(d.get("op_type") or top) for d in spec.definitions if isinstance(d, dict)} or {str(top)})
+
+
+@dataclass
+class SpecUse:
+    """What one spec gives a model (see :func:`spec_uses`)."""
+    path: str
+    family: str
+    op_types: List[str]                 # what its definitions declare
+    definitions: int                    # instances it yields over the serving configs (before --op-types)
+    requires: Optional[str] = None      # its `requires` formula, when that holds at none of the serving configs
+    gaps: int = 0                       # gaps it reported (a missing config field, a declared gap)
+
+
+def spec_uses(opts: CompileOptions) -> List[SpecUse]:
+    """For each spec of ``opts`` and its model: how many definitions it yields, and when none
+    because its ``requires`` holds at no serving config, that formula.  Evaluates again (nothing
+    is cached or rendered): meant for explaining a compile that selected nothing."""
+    model = resolve_model(opts.model, opts.config, opts.hf_repo_id)
+    facts = load_facts(opts.specs_dir)
+    servings, _ = servings_for(model, opts, facts)
+    default_quant = quant_key(facts, model_env(model.config, Serving().symbols(), facts, model.slug,
+                                               model.origin).get("quant_method"))
+    qsel = None
+    if opts.quantization:
+        qsel = ["all"] if "all" in opts.quantization else [quant_key(facts, q) for q in opts.quantization]
+    envs = [model_env(model.config, s.symbols(), facts, model.slug, model.origin) for s in servings]
+    out = []
+    for spec in load_specs(spec_paths(opts.specs, opts.specs_dir)):
+        ev = Evaluator(model.slug, qsel, config_names(facts))
+        held, n, missing = False, 0, 0
+        for s, env in zip(servings, envs):
+            if not ev.requires(spec, env, s, default_quant):
+                continue
+            held = True
+            try:
+                n += len(ev.run(spec, env, s, default_quant))
+            except MissingField:
+                missing += 1
+        out.append(SpecUse(spec.path, spec.family, op_types_of(spec), n,
+                           None if held else str(spec.data.get("requires")), missing + len(ev.gaps)))
+    return out
+
+
 class LazyInstances(Mapping):
     """A model's instances, evaluated when first asked for (a compile whose definitions came from
     the result cache did not need them)."""
