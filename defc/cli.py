@@ -26,17 +26,44 @@ COMMANDS = {
 }
 
 
+# Exit statuses (README: "Exit codes").
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with defc's usage errors: the usage line, then ``defc: usage error: …`` (exit 2).
+    Bad input (a spec, a config, an option's value) says ``defc: error: …`` or
+    ``defc: FILE:LINE:COL: error: …``, also exit 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"defc: usage error: {message}\n")
+
+
+def _add_verbosity(p: argparse.ArgumentParser, default) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="print no result lines (warnings and errors still go to stderr)")
+    g.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="print every detail (e.g. one line per file)")
+
+
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The parser of every command, or only of ``command``'s module (enough to parse a command
     line that names it: importing and building the others costs a start-up ~10 ms)."""
-    ap = argparse.ArgumentParser(prog="defc", description="Compile FlashInfer-Bench Definition JSONs from YAML specs, "
-                                 "model configs and serving configs.")
+    ap = Parser(prog="defc", description="Compile FlashInfer-Bench Definition JSONs from YAML specs, "
+                "model configs and serving configs.",
+                epilog="Exit status: 0 ok, 1 findings (collisions, gaps, lint/validate errors, failed checks, "
+                       "unexplained diff rows), 2 bad input or usage, 3 internal error.")
     ap.add_argument("--version", action="version", version=f"defc {__version__}")
     ap.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    _add_verbosity(ap, False)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     modules = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
     for name in modules:
         importlib.import_module(name).register(sub)
+    for p in sub.choices.values():      # -q/-v on every command (after it too: `defc compile -q`)
+        _add_verbosity(p, argparse.SUPPRESS)
     return ap
 
 
@@ -93,8 +120,8 @@ def main(argv=None) -> int:
     ap = build_parser(_command(argv))
     args = ap.parse_args(argv)
     if not getattr(args, "func", None):
-        ap.print_help()
-        return 2
+        ap.print_help(sys.stderr)
+        return EXIT_USAGE
     log = logging.getLogger("defc")
     shown = logging.StreamHandler(sys.stderr)
     shown.setFormatter(logging.Formatter("defc: %(message)s"))
@@ -118,12 +145,12 @@ def _run(args, debug: bool) -> int:
             _print_traceback()
         for err in e.errors:
             print(f"defc: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except DefcError as e:
         if debug:
             _print_traceback()
         print(f"defc: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("defc: interrupted", file=sys.stderr)
         return 130
@@ -137,12 +164,12 @@ def _run(args, debug: bool) -> int:
         if debug:
             _print_traceback()
         print(f"defc: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except Exception as e:  # a bug in defc: one line unless --debug
         if debug:
             _print_traceback()
         print(f"defc: internal error: {type(e).__name__}: {e} (run with --debug for a traceback)", file=sys.stderr)
-        return 3
+        return EXIT_INTERNAL
 
 
 def entry() -> None:

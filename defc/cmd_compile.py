@@ -101,14 +101,82 @@ def models_from(args):
     return models
 
 
+def check_op_types(words, specs_dir):
+    """Every --op-types word must be an op_type some spec declares; a family (spec) name that is
+    not one is pointed at its op_types and at naming the spec instead."""
+    from compiler.errors import DefcError
+    from compiler.pipeline import load_specs, op_types_of, spec_paths
+    if not words:
+        return
+    by_family = {spec.family: op_types_of(spec) for spec in load_specs(spec_paths((), specs_dir))}
+    known = sorted({t for ts in by_family.values() for t in ts})
+    for w in words:
+        if w in known:
+            continue
+        if w in by_family:
+            raise DefcError(f"'{w}' is a spec (family), not an op_type; its op_types: {', '.join(by_family[w])} "
+                            f"(or name the spec: defc compile {w} ...)", field="--op-types")
+        raise DefcError(f"unknown op_type '{w[:40]}' (known: {', '.join(known)})", field="--op-types")
+
+
+def _why_nothing(results, opts, models):
+    """Why named specs or --op-types selected nothing: (errors when the whole compile is empty,
+    else notes).  A named spec is evaluated again only for a model where it yielded nothing."""
+    from dataclasses import replace
+    from compiler.load import display_path
+    from compiler.pipeline import load_specs, op_types_of, spec_paths, spec_uses
+    reasons = []
+    emitted = {p.doc.get("op_type") for r in results for p in r.planned}
+    if opts.specs:
+        for spec in load_specs(spec_paths(opts.specs, opts.specs_dir)):
+            why = {}
+            for r, model in zip(results, models):
+                if set(op_types_of(spec)) & {p.doc.get("op_type") for p in r.planned}:
+                    continue                            # it gave this model definitions
+                use = [u for u in spec_uses(replace(opts, model=model, specs=[spec.path])) if u.path == spec.path]
+                u = use[0] if use else None
+                if u is None or u.gaps:
+                    continue                            # reported as a gap
+                if u.requires is not None:
+                    w = f"its requires '{u.requires}' is false"
+                elif u.definitions:
+                    w = f"its {u.definitions} definition(s) are not of --op-types {','.join(opts.op_types or [])}"
+                else:
+                    w = ("its definitions' when/quantization select nothing at "
+                         + ", ".join(s.label() + (f" {s.quantization}" if s.quantization else "") for s in r.servings))
+                why.setdefault(w, []).append(r.model.slug)
+            for w, slugs in why.items():
+                reasons.append(f"{display_path(spec.path)} does not apply to {', '.join(slugs)}: {w}")
+    missing = [t for t in opts.op_types or [] if t not in emitted]
+    if missing:
+        from compiler.pipeline import compile_models
+        unfiltered = compile_models(models, replace(opts, op_types=None))     # what there is (nothing written)
+        have = sorted({p.doc.get("op_type") for r in unfiltered for p in r.planned} - {None}) or ["none"]
+        slugs = ", ".join(r.model.slug for r in results)
+        for t in missing:
+            reasons.append(f"--op-types {t} selects nothing for {slugs} (its op_types: {', '.join(have)})")
+    return reasons
+
+
 def run(args) -> int:
+    from compiler.errors import DefcError, DefcErrors
     from compiler.pipeline import compile_models, write_planned_many
     from compiler.write import WRITES
+    from defc.output import verbosity
+    v = verbosity(args)
     models = models_from(args)
     opts = options_from(args, models[0] if len(models) == 1 else None)
     check_quantization(opts.quantization, opts.specs_dir)
+    check_op_types(opts.op_types, opts.specs_dir)
     results = compile_models(models or [None], opts)     # no --model: --config or --hf-repo-id names it
     found = [(r.model.slug, f) for r in results for f in r.findings]
+    gaps = sum(1 for _, f in found if f.kind == "gap")
+    if opts.specs or opts.op_types:
+        reasons = _why_nothing(results, opts, models or [None])
+        if reasons and not any(r.planned for r in results) and not gaps:
+            raise DefcErrors([DefcError(f"nothing to compile: {x}") for x in reasons])
+        for x in reasons:
+            print(f"defc: note: {x}", file=sys.stderr)
     if args.strict and found:
         for slug, f in found:                           # --strict: each finding is an error; nothing written
             print(f"defc: error: {slug}: {f.line()}", file=sys.stderr)
@@ -123,19 +191,17 @@ def run(args) -> int:
         else:
             emit_json({"dry_run": args.dry_run, "out": opts.out,
                        "models": [dict(model=r["model"], **r["body"]) for r in reports]})
-    else:
+    elif v >= 0:
         for result, rep in zip(results, reports):
-            _print_text(result, rep["body"]["definitions"], args.dry_run, opts.out)
+            _print_text(result, rep["body"]["definitions"], args.dry_run, opts.out, v)
         if len(results) > 1:
             files = {p.path for r in results for p in r.planned if p.status in WRITES}
             verb = "would write" if args.dry_run else "wrote"
             print(f"{len(results)} models: {verb} {len(files)} files into {opts.out}")
     if args.explain:
         _explain(results, opts)
-    for slug, f in found:
-        print(f"defc: {'gap' if f.kind == 'gap' else 'warning'}: {slug}: {f.line()}", file=sys.stderr)
+    _print_findings(found, v)
     collisions = sum(r.count("collision") for r in results)
-    gaps = sum(1 for _, f in found if f.kind == "gap")
     if gaps:
         print(f"defc: compiled with gaps: {gaps} family/serving config(s) could not be described "
               f"(the other definitions were written)", file=sys.stderr)
@@ -144,6 +210,23 @@ def run(args) -> int:
               f"(use --force to replace, keeping .bak)", file=sys.stderr)
         return 1
     return 1 if gaps else 0
+
+
+def _print_findings(found, v: int) -> None:
+    """Gaps and warnings on stderr, model by model.  A model's unknown config keys (which change
+    nothing defc emits) are one line unless -v; every other finding is always in full."""
+    slugs = list(dict.fromkeys(slug for slug, _ in found))
+    for slug in slugs:
+        mine = [f for s, f in found if s == slug]
+        unknown = [f for f in mine if f.kind == "unknown"]
+        for f in mine:
+            if f.kind == "unknown" and v < 1 and len(unknown) > 1:
+                continue
+            print(f"defc: {'gap' if f.kind == 'gap' else 'warning'}: {slug}: {f.line()}", file=sys.stderr)
+        if v < 1 and len(unknown) > 1:
+            print(f"defc: warning: {slug}: {len(unknown)} config keys are unknown "
+                  f"({', '.join(f.subject for f in unknown)}): defc does not know whether they change a kernel "
+                  f"(-v lists each)", file=sys.stderr)
 
 
 def _explain(results, opts) -> None:
@@ -170,20 +253,25 @@ def _report(result):
                      "notes": result.notes, "definitions": rows}}
 
 
-def _print_text(result, rows, dry_run: bool, out: str) -> None:
+def _print_text(result, rows, dry_run: bool, out: str, v: int = 0) -> None:
+    """A model's summary; with -v its serving configs, notes and one line per file.  Collisions
+    and replaced files are always listed."""
     from defc.output import table
     verb = "would write" if dry_run else "compiled"
-    print(f"{result.model.slug}: {len(result.servings)} serving config(s): "
-          + ", ".join(s.label() + (f" {s.quantization}" if s.quantization else "") for s in result.servings))
-    for n in result.notes:
-        print(f"  note: {n}")
+    labels = ", ".join(s.label() + (f" {s.quantization}" if s.quantization else "") for s in result.servings)
+    if v >= 1:
+        print(f"{result.model.slug}: {len(result.servings)} serving config(s): {labels}")
+    for n in result.notes:          # where the serving configs came from: -v; an asked-for one skipped: always
+        if v >= 1 or n.startswith("skipped "):
+            print(f"  note: {n}")
     if dry_run:
         table(["status", "op_type", "name", "configs"],
               [[r["status"], r["op_type"], r["name"], ", ".join(r["configs"])] for r in rows])
     else:
         for r in rows:
-            if r["status"] in ("collision", "replaced", "merged"):
-                print(f"  {r['status']}: {r['path']}: {r['detail']}")
+            if v >= 1 or r["status"] in ("collision", "replaced"):
+                print(f"  {r['status']}: {r['path']}" + (f": {r['detail']}" if r["detail"] else ""))
     counts = {s: result.count(s) for s in ("new", "merged", "unchanged", "replaced", "collision")}
-    print(f"{verb} {len(rows)} definitions into {out}: "
-          + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k == "new"))
+    print((f"{result.model.slug}: " if v < 1 else "") + f"{verb} {len(rows)} definitions into {out}: "
+          + ", ".join(f"{n} {k}" for k, n in counts.items() if n or k == "new")
+          + (f" ({len(result.servings)} serving config(s): {labels})" if v < 1 else ""))

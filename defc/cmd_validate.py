@@ -21,7 +21,6 @@ def register(sub) -> None:
     p.add_argument("--definitions", help="only these definition names, comma list")
     p.add_argument("--report-dir", default=None, help="where to write the report (default: DATASET/reports)")
     p.add_argument("--no-report", action="store_true", help="do not write a report file")
-    p.add_argument("--quiet", action="store_true", help="print only errors and the summary")
     p.set_defaults(func=run)
 
 

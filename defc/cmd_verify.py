@@ -32,7 +32,6 @@ def register(sub) -> None:
                    help="skip definitions whose tensors need more elements (default: runners/verify.yaml; x16 on CUDA)")
     p.add_argument("--jobs", type=int, default=1,
                    help="worker processes (CUDA: different FlashInfer JIT modules build in parallel); default 1")
-    p.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
     p.set_defaults(func=run)
 
 
