@@ -281,6 +281,205 @@ def tag_problems(doc: Located) -> List[DefcError]:
     return probs
 
 
+# ---------------------------------------------------------------------------------------------
+# trace: and verify: blocks (read by runners/recipes.py and runners/verify.py; the field sets are
+# theirs, tests/test_lint.py checks they agree)
+
+TRACE_CALL_KEYS = frozenset({"api", "when", "vars", "args", "defaults"})
+TRACE_TOP_KEYS = TRACE_CALL_KEYS | {"calls", "note", "notes"}
+TRACE_ARG_KEYS = frozenset({"tensor", "shape", "dtype", "tuple", "list", "value", "when"})
+VERIFY_KEYS = frozenset({"vars", "sequences", "inputs", "kernel", "template", "tolerance", "differences", "seed",
+                         "note", "notes", "skip"})
+VERIFY_KERNEL_KEYS = frozenset({"api", "init", "plan", "args", "positional", "returns", "from_args", "requires_sm",
+                                "why", "alternative", "skip"})
+VERIFY_ALTERNATIVE_KEYS = (VERIFY_KERNEL_KEYS - {"alternative"}) | {"when"}
+VERIFY_TEMPLATE_KEYS = frozenset({"call", "args", "returns", "skip", "sequences", "vars", "inputs"})
+VERIFY_DIFFERENCE_KEYS = frozenset({"name", "why", "sides", "when", "skip_outputs", "tolerance", "outputs", "inputs"})
+# symbols `sequences:` gives verify formulas (runners/verify_inputs.py)
+VERIFY_LAYOUT_SYMBOLS = ("seq_count", "seq_num_pages", "seq_total_qo", "seq_total_kv", "seq_max_pages")
+
+
+class _BlockChecker:
+    """Names in one definition's trace:/verify: block against its inputs, outputs and axes."""
+
+    def __init__(self, doc: Located, i: int, d: dict, spec_tensors: Set[str], scope: Set[str],
+                 problems: List[DefcError]):
+        self.doc, self.i, self.problems = doc, i, problems
+        self.inputs = list(_d(d.get("inputs")))
+        self.outputs = list(_d(d.get("outputs")))
+        self.axes = list(_d(d.get("axes")))
+        self.spec_tensors = spec_tensors
+        self.S = _Scope(doc, scope, problems)
+        self.scope = set(scope) | set(self.axes)
+        self.id = d.get("id")
+
+    def _p(self, *path):
+        return ("definitions", self.i) + tuple(path)
+
+    def err(self, path, msg, severity="error"):
+        p = self._p(*path)
+        self.problems.append(_err(msg, self.doc.where(p), field_name(p), severity))
+
+    def keys(self, path, block, allowed, what):
+        for k in block:
+            if k not in allowed:
+                close = difflib.get_close_matches(str(k), sorted(allowed), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                self.err(path + (k,), f"unknown {what} field '{k}' (allowed: {', '.join(sorted(allowed))}){hint}")
+
+    def name(self, path, name, kinds, guarded=False):
+        """A tensor (or axis) name: kinds is ('inputs', 'outputs', 'axes') or a subset."""
+        if not isinstance(name, str):
+            return
+        have = [n for k in kinds for n in getattr(self, k)]
+        if name in have:
+            return
+        if guarded and name in self.spec_tensors:
+            return   # a block shared between definitions (a YAML anchor): its when: picks the ones that have it
+        close = difflib.get_close_matches(name, have, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        what = " or ".join({"inputs": "input", "outputs": "output", "axes": "axis"}[k] for k in kinds)
+        self.err(path, f"'{name}' is no {what} of definition '{self.id}' (has: {', '.join(have) or 'none'}){hint}")
+
+    def formula(self, path, source, extra=()):
+        if isinstance(source, (str, int, float)) and not isinstance(source, bool):
+            self.S.formula(self._p(*path), source, self.scope | set(extra))
+
+    # trace:
+    def trace(self, tr):
+        if not isinstance(tr, dict):
+            return
+        self.keys(("trace",), tr, TRACE_TOP_KEYS, "trace")
+        top_vars = list(_d(tr.get("vars")))
+        calls = [(("trace", "calls", j), c) for j, c in enumerate(_l(tr.get("calls"))) if isinstance(c, dict)]
+        for path, c in calls:
+            self.keys(path, c, TRACE_CALL_KEYS, "trace call")
+        for path, blk in [(("trace",), tr)] + calls:
+            names = top_vars + list(_d(blk.get("vars")))
+            if "when" in blk:
+                self.formula(path + ("when",), blk["when"], names)
+            for k, v in _d(blk.get("vars")).items():
+                self.name(path + ("vars", k), k, ("axes",))
+                self.formula(path + ("vars", k), v, names)
+            for k, v in _d(blk.get("args")).items():
+                self.trace_arg(path + ("args", k), v, names)
+
+    def trace_arg(self, path, v, names):
+        if isinstance(v, str):
+            self.name(path, v, ("inputs", "outputs"))
+            return
+        if isinstance(v, list):
+            return
+        if not isinstance(v, dict):
+            return
+        bad = sorted(set(v) - TRACE_ARG_KEYS)
+        if bad:
+            self.err(path + (bad[0],), f"unknown trace argument field '{bad[0]}' "
+                                       f"(allowed: {', '.join(sorted(TRACE_ARG_KEYS))})")
+        if "when" in v:
+            self.formula(path + ("when",), v["when"], names)
+        if "tensor" in v:
+            self.name(path + ("tensor",), v["tensor"], ("inputs", "outputs"), guarded="when" in v)
+        if "value" in v and v["value"] is not None:
+            self.formula(path + ("value",), v["value"], names)
+        for j, x in enumerate(_l(v.get("shape"))):
+            self.formula(path + ("shape", j), x, names)
+        for kind in ("tuple", "list"):
+            for j, x in enumerate(_l(v.get(kind))):
+                self.trace_arg(path + (kind, j), x, names)
+
+    # verify:
+    def verify(self, vb):
+        if not isinstance(vb, dict):
+            return
+        self.keys(("verify",), vb, VERIFY_KEYS, "verify")
+        for k in _d(vb.get("vars")):
+            self.name(("verify", "vars", k), k, ("axes",))
+        self.verify_inputs(("verify", "inputs"), vb.get("inputs"))
+        for k in _d(vb.get("tolerance")):
+            self.name(("verify", "tolerance", k), k, ("outputs",))
+        kb = vb.get("kernel")
+        if isinstance(kb, dict):
+            self.keys(("verify", "kernel"), kb, VERIFY_KERNEL_KEYS, "verify.kernel")
+            self.kernel(("verify", "kernel"), kb)
+            alt = kb.get("alternative")
+            if isinstance(alt, dict):
+                self.keys(("verify", "kernel", "alternative"), alt, VERIFY_ALTERNATIVE_KEYS, "verify.kernel.alternative")
+                self.kernel(("verify", "kernel", "alternative"), alt)
+        tb = vb.get("template")
+        if isinstance(tb, dict):
+            self.keys(("verify", "template"), tb, VERIFY_TEMPLATE_KEYS, "verify.template")
+            self.verify_args(("verify", "template", "args"), tb.get("args"))
+            self.verify_inputs(("verify", "template", "inputs"), tb.get("inputs"))
+            for k in _d(tb.get("vars")):
+                self.name(("verify", "template", "vars", k), k, ("axes",))
+            for j, o in enumerate(_l(tb.get("returns"))):
+                self.name(("verify", "template", "returns", j), o, ("outputs",))
+            call = tb.get("call")
+            if isinstance(call, dict):
+                self.verify_args(("verify", "template", "call", "args"), call.get("args"))
+        for j, df in enumerate(_l(vb.get("differences"))):
+            if not isinstance(df, dict):
+                continue
+            path = ("verify", "differences", j)
+            self.keys(path, df, VERIFY_DIFFERENCE_KEYS, "verify.differences")
+            self.verify_inputs(path + ("inputs",), df.get("inputs"))
+            for n, o in enumerate(_l(df.get("skip_outputs"))):
+                self.name(path + ("skip_outputs", n), o, ("outputs",))
+            for k in _d(df.get("tolerance")):
+                self.name(path + ("tolerance", k), k, ("outputs",))
+
+    def verify_inputs(self, path, block):
+        for k, v in _d(block).items():
+            self.name(path + (k,), k, ("inputs",), guarded=isinstance(v, dict) and "when" in v)
+
+    def kernel(self, path, kb):
+        for sect in ("init", "plan", "args"):
+            self.verify_args(path + (sect,), kb.get(sect))
+        for j, a in enumerate(_l(kb.get("positional"))):
+            self.verify_arg(path + ("positional", j), a)
+        for j, o in enumerate(_l(kb.get("returns"))):
+            self.name(path + ("returns", j), o, ("outputs",))
+        for k in _d(kb.get("from_args")):
+            self.name(path + ("from_args", k), k, ("outputs",))
+
+    def verify_args(self, path, block):
+        for k, v in _d(block).items():
+            self.verify_arg(path + (k,), v)
+
+    def verify_arg(self, path, v):
+        guarded = isinstance(v, dict) and "when" in v
+        if isinstance(v, str):
+            self.name(path, v, ("inputs", "outputs"))
+        elif isinstance(v, dict):
+            for key in ("tensor", "pack_e2m1", "output"):
+                if isinstance(v.get(key), str):
+                    self.name(path + (key,), v[key], ("inputs", "outputs"), guarded)
+            for kind in ("tuple", "list", "cat"):
+                for j, x in enumerate(_l(v.get(kind))):
+                    self.verify_arg(path + (kind, j), x)
+
+
+def recipe_block_problems(doc: Located, known: Set[str]) -> List[DefcError]:
+    """trace: and verify: blocks: their fields, the tensors and axes they name, and the names their
+    trace formulas read (a typo otherwise shows only when `defc trace` / `defc verify` runs)."""
+    probs: List[DefcError] = []
+    data = _d(doc.data)
+    defs = _l(data.get("definitions"))
+    spec_tensors = {n for d in defs if isinstance(d, dict) for sect in ("inputs", "outputs") for n in _d(d.get(sect))}
+    fam = set(known) | set(_d(data.get("let")))
+    for i, d in enumerate(defs):
+        if not isinstance(d, dict) or not (d.get("trace") or d.get("verify")):
+            continue
+        scope = fam | set(_d(d.get("sweep"))) | set(_d(d.get("let")))
+        for c in _l(d.get("cases")):
+            scope |= set(_d(_d(c).get("let")))
+        chk = _BlockChecker(doc, i, d, spec_tensors, scope, probs)
+        chk.trace(d.get("trace"))
+        chk.verify(d.get("verify"))
+    return probs
+
+
 DIFF_FIELD = re.compile(r"^(op_type|tags|(axes|inputs|outputs)\.[A-Za-z0-9_*?\[\]]+(\.(type|value|shape|dtype))?)$")
 
 
@@ -397,11 +596,20 @@ def template_problems(doc: Located, dirs: Sequence[str]) -> List[DefcError]:
                     probs.append(_err(f"template syntax error: {e.message}",
                                       Location(display_path(found), e.lineno or 1, 1)))
                 continue
+            try:
+                # compiles the template: an unknown filter or test is a TemplateAssertionError here
+                undeclared = meta.find_undeclared_variables(parsed)
+            except TemplateSyntaxError as e:
+                key = (found, "syntax")
+                if key not in seen:
+                    seen.add(key)
+                    probs.append(_err(f"template error: {e.message}", Location(display_path(found), e.lineno or 1, 1)))
+                continue
             for sub in meta.find_referenced_templates(parsed):
                 if isinstance(sub, str) and _find_template(sub, dirs) is None:
                     probs.append(_err(f"includes template '{sub}', which does not exist",
                                       Location(display_path(found), _line_of(source, sub), 1)))
-            missing = sorted(meta.find_undeclared_variables(parsed) - ctx - set(env.globals))
+            missing = sorted(undeclared - ctx - set(env.globals))
             for var in missing:
                 key = (found, var)
                 if key in seen:
@@ -425,6 +633,61 @@ def has_top_level_run(source: str) -> Optional[str]:
     if any(isinstance(n, ast.FunctionDef) and n.name == "run" for n in tree.body):
         return None
     return "reference does not define a top-level function 'run'"
+
+
+def _run_def(source: str) -> Optional[ast.FunctionDef]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    runs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run"]
+    return runs[-1] if runs else None
+
+
+def run_signature_problem(source: str, inputs: Sequence[str]) -> Optional[str]:
+    """What is wrong with ``run``'s parameters: runners and flashinfer-bench call
+    ``run(*inputs)`` in the definition's input order, so its parameters are the inputs, named and
+    ordered as they are (extra parameters need defaults)."""
+    fn = _run_def(source)
+    if fn is None or fn.args.vararg is not None:
+        return None
+    a = fn.args
+    params = [x.arg for x in a.posonlyargs + a.args]
+    inputs = list(inputs)
+    n_defaults = len(a.defaults)
+    required = params[:len(params) - n_defaults] if n_defaults else params
+    required_kw = [x.arg for x, d in zip(a.kwonlyargs, a.kw_defaults) if d is None]
+    shown = f"run({', '.join(params)}) but the inputs are ({', '.join(inputs)})"
+    if params[:len(inputs)] == inputs and len(required) <= len(inputs) and not required_kw:
+        return None
+    if required_kw:
+        return f"run() has keyword-only parameters without defaults ({', '.join(required_kw)}): {shown}"
+    if sorted(params[:len(inputs)]) == sorted(inputs):
+        return f"run()'s parameters are the inputs in another order: {shown}; runners pass them by position"
+    missing = [x for x in inputs if x not in params]
+    extra = [x for x in required if x not in inputs]
+    parts = []
+    if missing:
+        parts.append(f"no parameter for input{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    if extra:
+        parts.append(f"parameter{'s' if len(extra) > 1 else ''} {', '.join(extra)} "
+                     f"{'are' if len(extra) > 1 else 'is'} no input")
+    if not parts:
+        parts.append("the parameters do not follow the inputs' order")
+    return f"run()'s parameters do not match the inputs ({'; '.join(parts)}): {shown}"
+
+
+def is_stub_reference(source: str) -> bool:
+    """run() raises NotImplementedError (the scaffold's placeholder)."""
+    fn = _run_def(source)
+    if fn is None:
+        return False
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if isinstance(exc, ast.Name) and exc.id == "NotImplementedError":
+                return True
+    return False
 
 
 def fib_definition_error(doc: Dict[str, Any]) -> Optional[str]:
@@ -499,6 +762,14 @@ def render_problems(doc: Located, spec_path: str, specs_dir: str, extra_template
     applied: Set[int] = set()
     rendered: Set[str] = set()
     dirs = template_dirs(list(extra_templates))
+    whens: Dict[int, Any] = {}      # definition index -> its when: formula (parsed)
+    when_outcomes: Dict[int, Set[Optional[bool]]] = {}
+    for i, d in enumerate(_l(_d(doc.data).get("definitions"))):
+        if isinstance(d, dict) and isinstance(d.get("when"), (str, bool)):
+            try:
+                whens[i] = F.parse(d["when"])
+            except F.FormulaError:
+                pass
 
     def record(e: DefcError, key_extra: str = ""):
         errs = e.errors if isinstance(e, DefcErrors) else [e]
@@ -529,6 +800,12 @@ def render_problems(doc: Located, spec_path: str, specs_dir: str, extra_template
                 except DefcError as e:
                     record(e)
                     continue
+                for i, f in whens.items():
+                    try:
+                        outcome: Optional[bool] = F.truth(f, env)
+                    except F.FormulaError:
+                        outcome = None    # reads a let or a name this model lacks: not judged here
+                    when_outcomes.setdefault(i, set()).add(outcome)
                 for i, one in enumerate(_per_definition_specs(spec)):
                     try:
                         insts = ev.run(one, env, s, default_quant)
@@ -564,7 +841,7 @@ def render_problems(doc: Located, spec_path: str, specs_dir: str, extra_template
                         except DefcError as e:
                             record(e)
                             continue
-                        _check_rendered(doc, i, inst.name, slug, out, probs)
+                        _check_rendered(doc, i, inst.name, slug, out, probs, record)
     compile_failed = any(m and ": error: " in m[0] and not k.endswith("|collision") for k, m in by_loc.items())
     for key, msgs in by_loc.items():
         first = msgs[0]
@@ -577,6 +854,15 @@ def render_problems(doc: Located, spec_path: str, specs_dir: str, extra_template
             seen_vals = f" (catalogue values: {', '.join(map(str, sorted(vals)))})" if vals else ""
             probs.append(_err(f"name pattern does not mention const axis '{axis}' (value '{formula}'){seen_vals}; "
                               f"two models that differ in it would get the same name", doc.where(p), "name", "warning"))
+    whole_catalogue = models is None or set(catalogue_slugs()) <= set(models)
+    for i, f in whens.items():
+        constant = not _names(f.source)[0] and not _names(f.source)[1]
+        if when_outcomes.get(i) == {True} and (whole_catalogue or constant):
+            p = ("definitions", i, "when")
+            what = "is always true" if constant else "holds for every catalogue model and serving configuration"
+            probs.append(_err(f"when: '{f.source}' {what}, so the definition is emitted for every model: say which models it "
+                              f"is for (a config field or fact only they have)", doc.where(p), field_name(p),
+                              "warning"))
     data = _d(doc.data)
     for i, d in enumerate(_l(data.get("definitions"))):
         if isinstance(d, dict) and i not in applied and not compile_failed and spec is not None:
@@ -586,12 +872,22 @@ def render_problems(doc: Located, spec_path: str, specs_dir: str, extra_template
     return probs
 
 
-def _check_rendered(doc: Located, i: int, name: str, slug: str, out: Dict[str, Any], probs: List[DefcError]) -> None:
+def _check_rendered(doc: Located, i: int, name: str, slug: str, out: Dict[str, Any], probs: List[DefcError],
+                    record=None) -> None:
     where_ref = ("definitions", i, "reference", "template")
     bad = has_top_level_run(out.get("reference", ""))
     if bad:
         probs.append(_err(f"{bad} (rendered for {name}, model {slug})", doc.where(where_ref), field_name(where_ref)))
         return
+    source = out.get("reference", "")
+    bad = run_signature_problem(source, list(out.get("inputs") or {}))
+    if bad:
+        e = _err(f"{bad} (rendered for {name}, model {slug})", doc.where(where_ref), field_name(where_ref))
+        record(e, "run") if record else probs.append(e)
+    if is_stub_reference(source):
+        e = _err("the reference is a stub (run() raises NotImplementedError): write the computation",
+                 doc.where(where_ref), field_name(where_ref), "warning")
+        record(e, "stub") if record else probs.append(e)
     verdict = fib_definition_error(out)
     if verdict:
         probs.append(_err(f"flashinfer_bench rejects the rendered {name} (model {slug}): {verdict}",
@@ -708,6 +1004,7 @@ def lint(paths: Sequence[str] = (), specs_dir: str = SPECS_DIR, extra_templates:
         problems.extend(sym)
         problems.extend(tag_problems(doc))
         problems.extend(dump_difference_problems(doc))
+        problems.extend(recipe_block_problems(doc, known))
         tmpl = template_problems(doc, dirs)
         problems.extend(tmpl)
         candidates = name_pattern_problems(doc)

@@ -234,3 +234,127 @@ def test_dump_difference_patterns_and_names(tmp_path):
     assert got == ["7:10: dump difference 'a' is named twice for the same definitions",
                    "8:28: field pattern 'input.z' names no field defc diff reports (op_type, tags, "
                    "axes.X[.type|.value], inputs.X[.shape|.dtype], outputs.X[.shape|.dtype])"]
+
+
+RECIPE_SPEC = """family: demo
+definitions:
+  - id: demo
+    name: "demo_h{hidden_size}"
+    description: "a demo"
+    fi_api: flashinfer.norm.rmsnorm
+    axes:
+      batch_size: {type: var, description: rows}
+      hidden_size: {value: hidden_size, description: h}
+    inputs:
+      x: {shape: [batch_size, hidden_size], dtype: bfloat16, description: in}
+      w: {shape: [hidden_size], dtype: bfloat16, description: w}
+    outputs:
+      y: {shape: [batch_size, hidden_size], dtype: bfloat16, description: out}
+    reference:
+      template: reference/demo.py.j2
+    trace:
+      vars: {batch_sise: 3}
+      args: {input: xx, weight: {tensor: w, shape: [hiden_size]}, eps: {value: rms_eps}, bias: {tensr: x}}
+    verify:
+      inputs: {x: {normal: 1}, ww: {normal: 1}}
+      kernel: {returns: [yy], from_args: {y: input}, argz: {}}
+      tolerance: {z: {rtol: 1}}
+"""
+
+
+def test_trace_and_verify_blocks_are_checked(tmp_path):
+    """A typo in a trace:/verify: block is a located lint error, not a failure at trace/verify time."""
+    specs, tdir, path = workspace(tmp_path, RECIPE_SPEC, templates={
+        "reference/demo.py.j2": GOOD_REF.replace("def run(x):", "def run(x, w):")})
+    got = lines(lint([path], specs_dir=specs, extra_templates=[tdir], models=["llama-3.1-8b"]))
+    shown = display_path(path)
+    want = [
+        f"{shown}:18:14: error: definitions[0].trace.vars.batch_sise: 'batch_sise' is no axis of definition 'demo'",
+        f"{shown}:19:14: error: definitions[0].trace.args.input: 'xx' is no input or output of definition 'demo' "
+        f"(has: x, w, y); did you mean 'x'?",
+        f"{shown}:19:53: error: definitions[0].trace.args.weight.shape[0]: unknown name 'hiden_size'",
+        f"{shown}:19:73: error: definitions[0].trace.args.eps.value: unknown name 'rms_eps'",
+        f"{shown}:19:97: error: definitions[0].trace.args.bias.tensr: unknown trace argument field 'tensr'",
+        f"{shown}:21:32: error: definitions[0].verify.inputs.ww: 'ww' is no input of definition 'demo'",
+        f"{shown}:22:26: error: definitions[0].verify.kernel.returns[0]: 'yy' is no output of definition 'demo'",
+        f"{shown}:22:54: error: definitions[0].verify.kernel.argz: unknown verify.kernel field 'argz'",
+        f"{shown}:23:19: error: definitions[0].verify.tolerance.z: 'z' is no output of definition 'demo'",
+    ]
+    for w in want:
+        assert any(g.startswith(w) for g in got), (w, got)
+    assert len([g for g in got if ": error: " in g]) == len(want), got
+
+
+def test_recipe_field_sets_are_the_runners():
+    """lint's copies of the trace:/verify: field sets (authoring/ does not import runners/)."""
+    from authoring import lint as L
+    from runners import recipes, verify
+    assert L.TRACE_TOP_KEYS == recipes.TOP_KEYS and L.TRACE_CALL_KEYS == recipes.CALL_KEYS
+    assert L.VERIFY_KEYS == verify.VERIFY_KEYS and L.VERIFY_KERNEL_KEYS == verify.KERNEL_KEYS
+    assert L.VERIFY_ALTERNATIVE_KEYS == verify.ALTERNATIVE_KEYS and L.VERIFY_TEMPLATE_KEYS == verify.TEMPLATE_KEYS
+
+
+def test_run_parameters_must_be_the_inputs_in_order(tmp_path):
+    spec = RECIPE_SPEC.split("    trace:")[0]
+    for run, want in (("def run(w, x):", "run()'s parameters are the inputs in another order: run(w, x) but the "
+                                          "inputs are (x, w)"),
+                      ("def run(x, v, extra):", "run()'s parameters do not match the inputs (no parameter for input "
+                                                "w; parameters v, extra are no input)"),
+                      ("def run(x, w, scale=1.0):", None)):
+        specs, tdir, path = workspace(tmp_path, spec, templates={"reference/demo.py.j2": GOOD_REF.replace(
+            "def run(x):", run)})
+        got = lines(lint([path], specs_dir=specs, extra_templates=[tdir], models=["llama-3.1-8b"]))
+        errs = [g for g in got if ": error: " in g]
+        if want is None:
+            assert errs == [], errs
+        else:
+            assert len(errs) == 1 and f"{display_path(path)}:16:7: error: definitions[0].reference.template: " \
+                                       f"{want}" in errs[0], errs
+
+
+def test_unknown_filter_is_a_located_error(tmp_path, capsys):
+    ref = GOOD_REF.replace("HIDDEN_SIZE = {{ hidden_size }}", "HIDDEN_SIZE = {{ hidden_size | nosuch }}")
+    specs, tdir, path = workspace(tmp_path, RECIPE_SPEC.split("    trace:")[0].replace(
+        "      w: {shape: [hidden_size], dtype: bfloat16, description: w}\n", ""),
+        templates={"reference/demo.py.j2": ref})
+    rc = main(["lint", "--specs-dir", specs, "--templates", tdir, "--models", "llama-3.1-8b", path])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "internal error" not in out + err, out + err
+    tshown = display_path(os.path.join(tdir, "reference", "demo.py.j2"))
+    assert f"{tshown}:3:1: error: template error: No filter named 'nosuch'." in out.splitlines(), out
+
+
+def test_fresh_scaffold_warns_about_stub_and_catch_all_when(tmp_path, monkeypatch):
+    """A scaffold lints without errors, but its stub reference and its every-model when: are warned about."""
+    from authoring.scaffold import scaffold
+    monkeypatch.setenv("DEFC_NO_FLASHINFER", "1")
+    specs, tdir, _ = workspace(tmp_path)
+    sc = scaffold("myrms", specs_dir=specs, templates_dir=tdir, fi_api="flashinfer.norm.rmsnorm")
+    got = lines(lint([sc.spec_path], specs_dir=specs, extra_templates=[tdir]))
+    assert not [g for g in got if ": error: " in g], got
+    warn = [g for g in got if ": warning: " in g]
+    assert any("definitions[0].when: when: 'defined(hidden_size)' holds for every catalogue model" in g
+               for g in warn), warn
+    assert any("the reference is a stub (run() raises NotImplementedError)" in g for g in warn), warn
+    # a literal always-true when: is warned about whatever models are linted
+    with open(sc.spec_path) as fh:
+        text = fh.read().replace('when: "defined(hidden_size)"', 'when: "1 == 1"')
+    with open(sc.spec_path, "w") as fh:
+        fh.write(text)
+    got = lines(lint([sc.spec_path], specs_dir=specs, extra_templates=[tdir], models=["llama-3.1-8b"]))
+    assert any("when: '1 == 1' is always true" in g and ": warning: " in g for g in got), got
+    # the catalogue's own specs: no definition's when: holds for every model
+    assert not [g for g in lines(lint([os.path.join(ROOT, "specs", "rmsnorm.yaml")])) if "when: '" in g]
+
+
+def test_compile_names_an_undefined_template_variable(tmp_path, capsys):
+    ref = GOOD_REF.replace("HIDDEN_SIZE = {{ hidden_size }}", "HIDDEN_SIZE = {{ hiden_size | py }}")
+    specs, tdir, path = workspace(tmp_path, RECIPE_SPEC.split("    trace:")[0].replace(
+        "      w: {shape: [hidden_size], dtype: bfloat16, description: w}\n", ""),
+        templates={"reference/demo.py.j2": ref})
+    rc = main(["compile", "--specs-dir", specs, "--templates", tdir, "--model", "llama-3.1-8b",
+               "--out", str(tmp_path / "ds"), path])
+    err = capsys.readouterr().err
+    tshown = display_path(os.path.join(tdir, "reference", "demo.py.j2"))
+    assert rc != 0 and "StrictUndefined" not in err, err
+    assert f"{tshown}:3:1: error: template uses an undefined value: 'hiden_size' is undefined" in err, err
