@@ -1,6 +1,7 @@
 """``defc diff``: what defc predicts for a model vs what FlashInfer dumped (or a dataset holds)."""
 from __future__ import annotations
 
+import sys
 from typing import Dict
 
 
@@ -9,7 +10,9 @@ def register(sub) -> None:
                        description="Compile the model's definitions (nothing is written) and reconcile them with "
                                    "FlashInfer dumps (a pass folder, a folder of pass folders such as tmp/dumps) or a "
                                    "dataset: matched, renamed, missing (with the likely reason), unexpected, and "
-                                   "field-level differences. Exit 1 when anything is not matched.")
+                                   "field-level differences. Exit 0 when every difference has a named cause (a spec "
+                                   "alias or repair rule for a rename, a dump_differences cause for each field "
+                                   "difference, a reason for each missing definition), 1 when any row is unexplained.")
     p.add_argument("paths", nargs="+", metavar="DUMP_DIR|DATASET")
     p.add_argument("--model", required=True, help="catalogue slug, local config.json or model folder, or HF repo id")
     p.add_argument("--config", metavar="PATH", help="a local config.json (the model keeps --model as its slug)")
@@ -20,14 +23,33 @@ def register(sub) -> None:
     p.add_argument("--source", choices=["sglang", "replay", "flashinfer"],
                    help="how the dumps were made, for folders without _defc_pass.json")
     p.add_argument("--format", choices=["table", "json"], default="table")
-    p.add_argument("--all-diffs", action="store_true", help="list every field difference (default: 6 per pair)")
+    p.add_argument("--all-diffs", action="store_true", help="list every field difference (default: 6 per pair; -v too)")
     p.set_defaults(func=run)
+
+
+def explained(row) -> bool:
+    """Whether a diff row's difference has a named cause: a same-name match; a rename through a
+    spec alias or a repair rule, whose field differences all have causes; a missing definition
+    with a reason (not 'unexplained'); an ignored dump.  An unexpected dump, a pairing found only
+    by op_type and const axes, a conflict between dumps or an unreadable dump has none."""
+    if "explained" in row:
+        return bool(row["explained"])
+    st = row["status"]
+    if st in ("matched", "ignored"):
+        return True
+    if st == "differs":
+        return not row.get("unexplained")
+    if st == "renamed":
+        return str(row.get("how", "")).startswith(("spec alias", "rule ")) and not row.get("unexplained")
+    if st == "missing":
+        return row.get("reason") not in (None, "unexplained")
+    return False
 
 
 def run(args) -> int:
     from compiler.predictions import compile_predictions
     from compiler.serving import parse_int_list
-    from defc.output import comma_list, emit_json, table
+    from defc.output import comma_list, emit_json, table, verbosity
     from runners.common import find_dump_sets
     from runners.diff import describe_diff, diff
     sets = []
@@ -49,11 +71,13 @@ def run(args) -> int:
         quant = qs or None
     result = compile_predictions(args.model, tp, ep, quant, comma_list(args.specs) or (), config=args.config)
     report = diff(result, sets)
+    unexplained = [r for r in report.rows if not explained(r)]
     if args.format == "json":
         emit_json({"model": report.model, "tp": tp, "ep": ep, "sources": report.sources,
                    "summary": report.summary(), "field_differences": report.field_summary(),
-                   "clean": report.clean, "rows": report.rows})
-    else:
+                   "clean": report.clean, "unexplained_rows": len(unexplained),
+                   "rows": [dict(r, explained=explained(r)) for r in report.rows]})
+    elif verbosity(args) >= 0:
         print(f"defc diff: {report.model} ({', '.join(s.label() for s in result.servings)}) vs "
               + "; ".join(report.sources))
         table(["status", "op_type", "predicted", "dumped", "how / why"],
@@ -63,7 +87,7 @@ def run(args) -> int:
             print("\nfield differences (predicted vs dumped):")
             for r in with_diffs:
                 print(f"  {r['predicted'] or '-'} ~ {r['dumped']}:")
-                ds = r["diffs"] if args.all_diffs else r["diffs"][:6]
+                ds = r["diffs"] if args.all_diffs or verbosity(args) > 0 else r["diffs"][:6]
                 for d in ds:
                     mark = d.get("cause") or ("no named cause" if r["predicted"] else "dump vs dump")
                     print(f"    {describe_diff(d)}  [{mark}]")
@@ -82,5 +106,8 @@ def run(args) -> int:
         s = report.summary()
         f = report.field_summary()
         print("\n" + ", ".join(f"{v} {k}" for k, v in s.items() if v or k == "matched")
-              + f"; field differences: {f['explained']} with a named cause, {f['unexplained']} without")
-    return 0 if report.clean else 1
+              + f"; field differences: {f['explained']} with a named cause, {f['unexplained']} without"
+              + f"; {len(unexplained)} row(s) without a named cause")
+    for r in unexplained:
+        print(f"defc: unexplained: {r['status']} {r['predicted'] or r['dumped']}: {r['how']}", file=sys.stderr)
+    return 1 if unexplained else 0
