@@ -14,7 +14,8 @@ def register(sub) -> None:
                                    "reported as a collision and never overwritten.")
     p.add_argument("dumps", nargs="+", metavar="DUMP_DIR",
                    help="a pass folder (tmp/dumps/fi_trace_*), or a folder of pass folders")
-    p.add_argument("--out", default=None, help="dataset folder (default: tmp/flashinfer-trace)")
+    p.add_argument("--out", default=None, help="dataset folder (default: tmp/traced-dataset, as defc trace; not "
+                                               "compile's tmp/flashinfer-trace)")
     p.add_argument("--model", help="model slug for the model: tag (default: from the pass folder's _defc_pass.json)")
     p.add_argument("--tp", type=int, help="TP size for the tp: tag (default: from the pass folder)")
     p.add_argument("--ep", type=int, help="EP size for the ep: tag (default: from the pass folder; only EP > 1 is tagged)")
@@ -77,11 +78,10 @@ def print_items(items, out, dry_run, file=None):
 
 
 def run(args) -> int:
-    from compiler.paths import DEFAULT_OUT
     from defc.output import emit_json
-    from runners.common import find_dump_sets
+    from runners.common import DEFAULT_STAGED, find_dump_sets
     from runners.stage import describe, problems
-    out = args.out or DEFAULT_OUT
+    out = args.out or DEFAULT_STAGED
     sets = []
     for d in args.dumps:
         sets.extend(find_dump_sets(d, args.model))

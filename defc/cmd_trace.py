@@ -22,7 +22,8 @@ def register(sub) -> None:
     p.add_argument("--quantization", help="one quantization key (fp8, mxfp4, nvfp4, …); default: the model's own")
     p.add_argument("--backend", choices=["sglang", "replay", "flashinfer"], default="sglang")
     p.add_argument("--dumps", default=None, help="parent folder of the pass folders (default: tmp/dumps)")
-    p.add_argument("--out", default=None, help="dataset folder to stage into (default: tmp/flashinfer-trace)")
+    p.add_argument("--out", default=None, help="dataset folder to stage into (default: tmp/traced-dataset, not "
+                                               "compile's tmp/flashinfer-trace)")
     p.add_argument("--no-stage", action="store_true", help="leave the dumps unstaged")
     p.add_argument("--dry-run", action="store_true", help="list the passes; run nothing")
     p.add_argument("--specs", help="replay: only these specs (family names or paths), comma list")
@@ -70,13 +71,59 @@ def _combos(info, args, quant):
     return seen
 
 
+class _PassLines:
+    """What the runners report while passes run: the current phase in the progress bar (only on a
+    terminal), each finished pass as a result line on stdout (not with -q)."""
+
+    def __init__(self, bar, v: int):
+        self.bar, self.v = bar, v
+
+    def update(self, text: str) -> None:
+        self.bar.start(text)
+
+    def done(self, text: str) -> None:
+        if self.v >= 0:
+            self.bar.log(text)
+
+
+def _run_passes(plans, args, info, explicit_q, compiled, progress):
+    from compiler.errors import DefcError
+    from compiler.load import display_path
+    from defc.output import comma_list
+    from runners import trace as T
+    results = []
+    for k, p in enumerate(plans):
+        progress.bar.start(p.label())
+        idx = f"[{k + 1}/{len(plans)}] "
+        if p.backend == "sglang":
+            cfg = T.sglang_config()
+            res = T.run_sglang_pass(p, info.slug, python=args.python or sys.executable,
+                                    timeout=float(args.timeout or cfg.get("timeout_s") or 1800),
+                                    check_gpu=not args.skip_gpu_check, prompt=cfg.get("prompt", "Hello"),
+                                    sampling_params=dict(cfg.get("sampling_params") or {}),
+                                    grace=float(cfg.get("kill_grace_s") or 10), progress=progress, index=idx)
+        elif p.backend == "flashinfer":
+            from runners.verify_dump import run_flashinfer_pass
+            res = run_flashinfer_pass(p, info.slug, explicit_q, comma_list(args.specs) or (),
+                                      float(args.timeout or 1800), progress, idx)
+        else:
+            res = T.run_replay_pass(p, info.slug, compiled[(p.tp, p.ep)].instances, progress, idx)
+        progress.done(f"{idx}{p.label()}: {res.status}, {res.dumps} dump(s) in {display_path(p.folder)} "
+                      f"({res.seconds:.1f}s)" + (f" — {res.detail}" if res.detail else ""))
+        results.append(res)
+        progress.bar.advance()
+        if res.status in ("no-sglang", "no-gpu"):
+            raise DefcError(res.detail + f" (log: {display_path(os.path.join(p.folder, T.LOG))})")
+
+    return results
+
+
 def run(args) -> int:
     from compiler.errors import DefcError
     from compiler.load import display_path
-    from compiler.paths import DEFAULT_OUT
     from compiler.serving import parse_int_list
-    from defc.output import emit_json, table
-    from runners.common import DEFAULT_DUMPS, find_dump_sets, quant_key_of, resolve_model_and_quant
+    from defc.output import Progress, emit_json, table, verbosity
+    from runners.common import DEFAULT_DUMPS, DEFAULT_STAGED, find_dump_sets, quant_key_of, resolve_model_and_quant
     from runners import trace as T
 
     info, own_q = resolve_model_and_quant(args.model)
@@ -85,7 +132,7 @@ def run(args) -> int:
         raise DefcError("a trace pass serves one quantization; give one key", field="--quantization")
     quant = explicit_q or own_q
     dumps = args.dumps or DEFAULT_DUMPS
-    out = args.out or DEFAULT_OUT
+    out = args.out or DEFAULT_STAGED
     combos = _combos(info, args, explicit_q)
     page_sizes = parse_int_list(args.page_size, "--page-size")
     compiled = {}
@@ -128,29 +175,9 @@ def run(args) -> int:
             table(["pass", "folder", "what"], [[r["pass"], r["folder"], r["what"]] for r in rows])
         return 0
 
-    progress = T.Progress(sys.stderr)
-    results = []
-    for k, p in enumerate(plans):
-        idx = f"[{k + 1}/{len(plans)}] "
-        if p.backend == "sglang":
-            cfg = T.sglang_config()
-            res = T.run_sglang_pass(p, info.slug, python=args.python or sys.executable,
-                                    timeout=float(args.timeout or cfg.get("timeout_s") or 1800),
-                                    check_gpu=not args.skip_gpu_check, prompt=cfg.get("prompt", "Hello"),
-                                    sampling_params=dict(cfg.get("sampling_params") or {}),
-                                    grace=float(cfg.get("kill_grace_s") or 10), progress=progress, index=idx)
-        elif p.backend == "flashinfer":
-            from runners.verify_dump import run_flashinfer_pass
-            res = run_flashinfer_pass(p, info.slug, explicit_q, comma_list(args.specs) or (),
-                                      float(args.timeout or 1800), progress, idx)
-        else:
-            res = T.run_replay_pass(p, info.slug, compiled[(p.tp, p.ep)].instances, progress, idx)
-        progress.done(f"{idx}{p.label()}: {res.status}, {res.dumps} dump(s) in {display_path(p.folder)} "
-                      f"({res.seconds:.1f}s)" + (f" — {res.detail}" if res.detail else ""))
-        results.append(res)
-        if res.status in ("no-sglang", "no-gpu"):
-            raise DefcError(res.detail + f" (log: {display_path(os.path.join(p.folder, T.LOG))})")
-
+    v = verbosity(args)
+    with Progress(len(plans), "trace", enabled=v >= 0) as bar:
+        results = _run_passes(plans, args, info, explicit_q, compiled, _PassLines(bar, v))
     staged = []
     if not args.no_stage:
         from defc.cmd_stage import stage_sets
@@ -176,7 +203,7 @@ def run(args) -> int:
                                "seconds": round(r.seconds, 1),
                                "definitions": [x.as_dict() for x in r.records]} for r in results],
                    "staged": [i.row() for i in staged]})
-    else:
+    elif v >= 0:
         if args.backend == "replay":
             for r in results:
                 for x in r.records:

@@ -31,6 +31,9 @@ from compiler.write import atomic_write_text
 
 RUNNERS_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DUMPS = os.path.join("tmp", "dumps")
+# where trace and stage put staged dumps: not compile's tmp/flashinfer-trace, whose next compile of the
+# same model would otherwise meet the dumper's different files as collisions
+DEFAULT_STAGED = os.path.join("tmp", "traced-dataset")
 MARKER = "_defc_pass.json"
 REQUEST = "_defc_request.json"
 PHASE = "_defc_phase.json"

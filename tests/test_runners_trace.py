@@ -61,7 +61,7 @@ def test_sglang_passes_per_page_size_env_before_import_and_crash_safety(stand_in
     assert m["status"] == "failed" and m["exit_code"] == 17 and m["phase"] == "generating"
     assert sorted(p.name for p in bad.glob("[!_]*.json")) == ["gqa_ragged_h32_kv8_d128.json"]   # kept
     # the finished pass was staged (mislabel repaired), the crashed one was not
-    staged = {os.path.basename(p)[:-5]: p for p in glob.glob(str(stand_in / "tmp" / "flashinfer-trace" / "definitions" / "*" / "*.json"))}
+    staged = {os.path.basename(p)[:-5]: p for p in glob.glob(str(stand_in / "tmp" / "traced-dataset" / "definitions" / "*" / "*.json"))}
     assert set(staged) == {"gqa_paged_decode_h32_kv8_d128_ps1", "gqa_ragged_h32_kv8_d128", "top_k_top_p_sampling_v128256"}
     with open(staged["gqa_ragged_h32_kv8_d128"]) as fh:
         assert {"model:llama-3.1-8b", "tp:1"} <= set(json.load(fh)["tags"])
@@ -90,7 +90,7 @@ def test_timeout_kills_the_pass_and_its_workers(stand_in, monkeypatch, capsys):
             import time
             time.sleep(0.1)
     assert (folder / "_defc_trace.log").read_text().count("phase: generating") == 1
-    assert not (stand_in / "tmp" / "flashinfer-trace").exists()
+    assert not (stand_in / "tmp" / "traced-dataset").exists() and not (stand_in / "tmp" / "flashinfer-trace").exists()
 
 
 def test_missing_gpu_and_missing_sglang_say_use_replay(stand_in, monkeypatch, capsys):
