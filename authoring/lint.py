@@ -480,7 +480,7 @@ def recipe_block_problems(doc: Located, known: Set[str]) -> List[DefcError]:
     return probs
 
 
-DIFF_FIELD = re.compile(r"^(op_type|tags|(axes|inputs|outputs)\.[A-Za-z0-9_*?\[\]]+(\.(type|value|shape|dtype))?)$")
+DIFF_FIELD = re.compile(r"^(op_type|tags(\.[A-Za-z0-9_*?\[\]-]+)?|(axes|inputs|outputs)\.[A-Za-z0-9_*?\[\]]+(\.(type|value|shape|dtype))?)$")
 
 
 def dump_difference_problems(doc: Located) -> List[DefcError]:
@@ -506,7 +506,7 @@ def dump_difference_problems(doc: Located) -> List[DefcError]:
             for n, pat in enumerate(_l(k.get("fields"))):
                 if isinstance(pat, str) and not DIFF_FIELD.match(pat):
                     p = base + (j, "fields", n)
-                    probs.append(_err(f"field pattern {pat!r} names no field defc diff reports (op_type, tags, "
+                    probs.append(_err(f"field pattern {pat!r} names no field defc diff reports (op_type, tags[.NS], "
                                       f"axes.X[.type|.value], inputs.X[.shape|.dtype], outputs.X[.shape|.dtype])",
                                       doc.where(p), field_name(p)))
     return probs

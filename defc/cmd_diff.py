@@ -96,13 +96,20 @@ def run(args) -> int:
                     left = sum(1 for d in rest if "cause" not in d) if r["predicted"] else 0
                     print(f"    … {len(rest)} more (--all-diffs)" + (f", {left} without a named cause" if left else
                                                                       ", each with a named cause"))
-            causes: Dict[str, str] = {}
-            for r in with_diffs:
-                causes.update(r.get("causes") or {})
-            if causes:
-                print("\ncauses (the specs' dump_differences):")
-                for name in sorted(causes):
-                    print(f"  {name}: {causes[name]}")
+        # the long explanations, once each: the rows name them (a cause per field difference, an alias per rename)
+        legend = report.legend()
+        if legend["causes"]:
+            print("\ncauses (the specs' dump_differences):")
+            for name, why in legend["causes"].items():
+                print(f"  {name}: {why}")
+        if legend["aliases"]:
+            print("\naliases (why FlashInfer's dumper names a definition so; the spec's alias pattern):")
+            for pattern, why in legend["aliases"].items():
+                print(f"  {pattern}: {why}")
+        if legend["routes"]:
+            print("\nrouting rules (runners/sglang_routing.yaml):")
+            for name, why in legend["routes"].items():
+                print(f"  {name}: {why}")
         s = report.summary()
         f = report.field_summary()
         print("\n" + ", ".join(f"{v} {k}" for k, v in s.items() if v or k == "matched")

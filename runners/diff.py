@@ -186,9 +186,14 @@ def field_diffs(pred: Dict[str, Any], dump: Dict[str, Any], ignore_tags: Sequenc
     pset, dset = {same(t) for t in ptags}, {same(t) for t in dtags}
     only_p = [t for t in ptags if same(t) not in dset]
     only_d = [t for t in dtags if same(t) not in pset]
-    if only_p or only_d:
-        add("tags", only_p, only_d)
+    # one difference per tag namespace (tags.fi_api, tags.stage, tags.fused …), each with its own cause
+    for ns in dict.fromkeys(_tag_ns(t) for t in only_p + only_d):
+        add(f"tags.{ns}", [t for t in only_p if _tag_ns(t) == ns], [t for t in only_d if _tag_ns(t) == ns])
     return out
+
+
+def _tag_ns(tag: str) -> str:
+    return tag.split(":", 1)[0] if ":" in tag else tag
 
 
 def known_differences(inst) -> List[Dict[str, Any]]:
@@ -202,16 +207,39 @@ def known_differences(inst) -> List[Dict[str, Any]]:
     return list(own or []) + list(data.get("dump_differences") or [])
 
 
+def _side(d: Dict[str, Any]) -> str:
+    p, q = d["predicted"], d["dumped"]
+    if d["field"].startswith("tags."):      # tag lists: an empty side has none of them
+        p, q = p or None, q or None
+    return "predicted" if q is None else "dumped" if p is None else "both"
+
+
+def _covers(pat: str, fld: str) -> bool:
+    # `tags` names every tag difference (tags.fi_api, tags.stage, …)
+    return fnmatch.fnmatchcase(fld, pat) or (pat == "tags" and fld.startswith("tags."))
+
+
 def cause_of(d: Dict[str, Any], known: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     """The first known difference whose field patterns (and side) cover field difference d."""
-    side = "predicted" if d["dumped"] is None else "dumped" if d["predicted"] is None else "both"
+    side = _side(d)
     for k in known:
         want = k.get("side")
         if want and want != side:
             continue
-        if any(fnmatch.fnmatchcase(d["field"], pat) for pat in k.get("fields") or []):
+        if any(_covers(pat, d["field"]) for pat in k.get("fields") or [] if isinstance(pat, str)):
             return k
     return None
+
+
+def alias_pattern(inst, index: int) -> str:
+    """The spec's own text of an instance's alias ``index`` (placeholders unfilled): the legend key
+    that all the names it renders to share."""
+    data = getattr(getattr(inst, "spec", None), "data", None) or {}
+    defs = data.get("definitions") or []
+    try:
+        return str(defs[inst.def_index]["aliases"][index]["name"])
+    except (IndexError, KeyError, TypeError, AttributeError):
+        return str(inst.aliases[index]["name"])
 
 
 def attach_causes(row: Dict[str, Any], inst) -> None:
@@ -239,13 +267,13 @@ def _tensor(t: Dict[str, Any]) -> str:
 
 def describe_diff(d: Dict[str, Any]) -> str:
     p, q = d["predicted"], d["dumped"]
-    if d["field"] == "tags":
+    if d["field"] == "tags" or d["field"].startswith("tags."):
         bits = []
         if p:
             bits.append("only predicted " + ", ".join(p))
         if q:
             bits.append("only dumped " + ", ".join(q))
-        return "tags: " + "; ".join(bits)
+        return f"{d['field']}: " + "; ".join(bits)
     if p is None:
         return f"{d['field']}: only dumped ({q})"
     if q is None:
@@ -279,6 +307,7 @@ class Report:
     model: str
     sources: List[str]
     rows: List[Dict[str, Any]] = field(default_factory=list)
+    routes: Dict[str, str] = field(default_factory=dict)     # routing rule -> why, for the legend
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.rows if r["status"] == status)
@@ -297,6 +326,20 @@ class Report:
         conflict status itself reports them."""
         ds = [d for r in self.rows if r.get("predicted") for d in r.get("diffs") or []]
         return {"explained": sum(1 for d in ds if "cause" in d), "unexplained": sum(1 for d in ds if "cause" not in d)}
+
+    def legend(self) -> Dict[str, Dict[str, str]]:
+        """The long explanations the rows refer to by name, once each: ``causes`` (the specs'
+        dump_differences, named on each field difference) and ``aliases`` (why FlashInfer's dumper
+        names a definition so; the spec's alias pattern, named in the row's how) and ``routes``
+        (runners/sglang_routing.yaml's rules named by missing rows)."""
+        causes: Dict[str, str] = {}
+        aliases: Dict[str, str] = {}
+        for r in self.rows:
+            causes.update(r.get("causes") or {})
+            if r.get("alias"):
+                aliases[r["alias"]["pattern"]] = r["alias"]["why"]
+        return {"causes": dict(sorted(causes.items())), "aliases": dict(sorted(aliases.items())),
+                "routes": dict(sorted(self.routes.items()))}
 
 
 def predictions_from(result) -> List[Prediction]:
@@ -386,31 +429,36 @@ def reconcile(preds: Sequence[Prediction], observed: Sequence[Observed], report:
             if r["diffs"]:
                 n = r["unexplained"]
                 r["status"] = "differs"
-                r["how"] = ("same name, different content: every field difference has a named cause "
-                            f"({', '.join(r['causes'])})" if not n else
-                            f"same name, different content: {n} of {len(r['diffs'])} field differences "
-                            "have no named cause")
+                r["how"] = "same name, different content"
+                _note_causes(r)
             results[p.name] = r
         else:
             pending.append(p)
     # 2. spec aliases and repair rules' also_as names (one dump may stand for several definitions)
     still: List[Prediction] = []
     for p in pending:
-        hit = None
+        hit, alias = None, None
         for inst in p.instances[:1]:
-            for al in inst.aliases:
+            for j, al in enumerate(inst.aliases):
                 o = by_name.get(al["name"])
                 if o is not None:
-                    hit = (o, f"spec alias {al['name']}" + (f" ({al['why']})" if al.get("why") else ""))
+                    # the why goes to the legend (Report.legend), keyed by the spec's alias pattern
+                    hit = (o, "spec alias")          # the dumped column shows the alias it matched
+                    alias = {"name": al["name"], "pattern": alias_pattern(inst, j),
+                             "why": " ".join(str(al.get("why") or "").split())}
                     break
         if hit is None and p.name in by_also:
             o, rule = by_also[p.name][0]
-            hit = (o, f"rule {rule}: the dump {o.doc.get('name')} stands for it")
+            hit = (o, f"rule {rule}: the dump stands for it too")
         if hit is None:
             still.append(p)
             continue
         hit[0].used = True
-        results[p.name] = row(p, hit[0], "renamed", hit[1])
+        r = row(p, hit[0], "renamed", hit[1])
+        if alias is not None and alias["why"]:
+            r["alias"] = alias
+        _note_causes(r)
+        results[p.name] = r
     # 3. same op_type and const axes, one to one, best candidates first
     pairs = []
     sig: Dict[str, List[Observed]] = {}
@@ -429,7 +477,9 @@ def reconcile(preds: Sequence[Prediction], observed: Sequence[Observed], report:
         taken_p.add(p.name)
         taken_o.add(oid)
         o.used = True
-        results[p.name] = row(p, o, "renamed", "same op_type and const axes")
+        r = row(p, o, "renamed", "same op_type and const axes")
+        _note_causes(r)
+        results[p.name] = r
     # 4. missing, with a reason
     for p in still:
         if p.name not in taken_p:
@@ -455,6 +505,16 @@ def reconcile(preds: Sequence[Prediction], observed: Sequence[Observed], report:
     return report
 
 
+def _note_causes(r: Dict[str, Any]) -> None:
+    """A paired row (differs or renamed) says whether its field differences all have causes."""
+    if not r.get("diffs"):
+        return
+    # the causes' names are on each field difference and their whys in the legend (Report.legend)
+    n, total = r["unexplained"], len(r["diffs"])
+    r["how"] += (f": every field difference has a named cause ({total})" if not n else
+                 f": {n} of {total} field differences have no named cause")
+
+
 class Explainer:
     """Why a predicted definition has no dump."""
 
@@ -466,6 +526,8 @@ class Explainer:
         self.pass_keys = {(ds.tp, ds.ep) for ds in passes}
         self.page_sizes = {ds.page_size for ds in passes if ds.page_size is not None}
         self.sources = {ds.source for ds in sets}
+        self.route_whys: Dict[str, str] = {}
+        self.route_of: Dict[str, Dict[str, str]] = {}     # prediction name -> the routing rule that explains it
         self.replay_records: Dict[str, List[Dict[str, Any]]] = {}
         for ds in passes:
             for rec in (ds.marker or {}).get("definitions") or []:
@@ -517,10 +579,13 @@ class Explainer:
         if "sglang" in self.sources:
             r = route_for(self.routes, api, p.doc.get("op_type", ""), p.name, env)
             if r is not None:
+                # the rule's why goes to the legend (Report.legend), keyed by its name
+                self.route_whys[r.name] = r.why
+                self.route_of[p.name] = {"name": r.name, "why": r.why}
                 if r.outcome == "not-routed":
-                    return "not-routed", f"not routed through FlashInfer by SGLang ({r.name}): {r.why}"
+                    return "not-routed", f"not routed through FlashInfer by SGLang ({r.name})"
                 if r.outcome == "not-exercised":
-                    return "not-exercised", f"variant not exercised by the pass ({r.name}): {r.why}"
+                    return "not-exercised", f"variant not exercised by the pass ({r.name})"
                 return "unexplained", f"SGLang calls it ({r.name}), but the pass dumped nothing for it"
             return "unexplained", "not dumped; the routing table has no rule for this API"
         return "unexplained", "not dumped"
@@ -529,4 +594,10 @@ class Explainer:
 def diff(result, sets: Sequence[DumpSet]) -> Report:
     report = Report(result.model.slug, [ds.label() for ds in sets])
     observed = observed_from(sets, report)
-    return reconcile(predictions_from(result), observed, report, Explainer(sets))
+    explain = Explainer(sets)
+    reconcile(predictions_from(result), observed, report, explain)
+    report.routes.update(explain.route_whys)
+    for r in report.rows:
+        if r["status"] == "missing" and r["predicted"] in explain.route_of:
+            r["route"] = explain.route_of[r["predicted"]]
+    return report

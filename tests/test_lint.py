@@ -232,7 +232,7 @@ def test_dump_difference_patterns_and_names(tmp_path):
                  "      - {name: b, fields: [input.z, outputs.o.dtype, tags], why: w}\n")
     got = [f"{e.location.line}:{e.location.col}: {e.message}" for e in dump_difference_problems(load_yaml(str(p)))]
     assert got == ["7:10: dump difference 'a' is named twice for the same definitions",
-                   "8:28: field pattern 'input.z' names no field defc diff reports (op_type, tags, "
+                   "8:28: field pattern 'input.z' names no field defc diff reports (op_type, tags[.NS], "
                    "axes.X[.type|.value], inputs.X[.shape|.dtype], outputs.X[.shape|.dtype])"]
 
 

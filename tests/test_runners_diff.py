@@ -116,7 +116,7 @@ def test_reconcile_rules_aliases_and_signatures():
     assert rows["mla_decode_h16"]["status"] == "matched"
     assert rows["mla_prefill_h16"]["status"] == "renamed" and "rule some-rule" in rows["mla_prefill_h16"]["how"]
     # the class and its `.run` method name one API: only the stage tag differs
-    assert rows["mla_prefill_h16"]["diffs"] == [{"field": "tags", "predicted": ["stage:prefill"],
+    assert rows["mla_prefill_h16"]["diffs"] == [{"field": "tags.stage", "predicted": ["stage:prefill"],
                                                  "dumped": ["stage:decode"]}]
     # same op_type and const axes: decode and prefill are told apart by fi_api and stage tags
     assert rows["p_decode_h8"]["dumped"] == "x_decode_8" and rows["p_prefill_h8"]["dumped"] == "x_prefill_8"
@@ -215,10 +215,19 @@ def test_every_field_difference_of_a_replay_has_a_named_cause(model, args, tmp_p
     for r in rep["rows"]:
         for d in r["diffs"] if r["predicted"] else ():          # conflict rows compare two dumps
             assert d["cause"] in r["causes"] and r["causes"][d["cause"]]     # the why travels with the row
+    # a renamed row's field differences have their causes too; long whys are in the legend, not the table
+    for r in rep["rows"]:
+        if r["status"] == "renamed" and r["diffs"]:
+            assert "every field difference has a named cause" in r["how"], r
+        if r["status"] == "renamed" and r["how"].startswith("spec alias"):
+            assert r["alias"]["why"] and r["alias"]["why"] not in r["how"], r
+        assert len(r["how"]) <= 120, r["how"]
     # the text report shows the cause on each line and the legend once
     main(["diff", str(tmp_path), "--model", model, *args, "--all-diffs"])
     out = capsys.readouterr().out
     assert "causes (the specs' dump_differences):" in out
+    if any(r.get("alias") for r in rep["rows"]):
+        assert "aliases (why FlashInfer's dumper names a definition so; the spec's alias pattern):" in out
     assert "0 without" in out and "[no named cause]" not in out
     if model == "llama-3.1-8b":
         assert "[template-return-lse-input]" in out
@@ -266,3 +275,52 @@ def test_the_committed_h100_dumps_are_fully_explained(stem, model, args, capsys)
             assert r["reason"] in ("no-template", "call-failed", "not-exercised"), r
         if r["status"] == "differs":
             assert "every field difference has a named cause" in r["how"]
+
+
+def test_in_place_rope_dumps_of_a_partial_rotary_model_are_explained(tmp_path, capsys):
+    """SGLang calls apply_rope_with_cos_sin_cache_inplace: its dump is a spec alias of the rope definition,
+    and its fi_api tag difference (like every other field difference of the renamed row) has a named cause."""
+    import os
+    from conftest import ROOT
+    from defc.cli import main
+    with open(os.path.join(ROOT, "specs", "rope.yaml")) as fh:
+        text = fh.read()
+    recipe = "    trace:                   # defc trace --backend replay (docs/trace.md)\n"
+    assert recipe in text
+    spec = tmp_path / "rope.yaml"       # the same spec, replayed through the in-place API
+    spec.write_text(text.replace(recipe, "    trace:\n      api: flashinfer.rope.apply_rope_with_cos_sin_cache_inplace\n"))
+    dumps = tmp_path / "dumps"
+    assert main(["trace", "--model", "qwen3-next-80b-a3b", "--tp", "2", "--page-size", "1", "--backend", "replay",
+                 "--specs", str(spec), "--dumps", str(dumps), "--no-stage"]) == 0
+    capsys.readouterr()
+    rc, rep, rows = _diff_json(capsys, str(dumps), "--model", "qwen3-next-80b-a3b", "--tp", "2", "--specs", "rope")
+    r = rows["rope_with_cos_sin_cache_neox_style_d256_rd64"]
+    assert r["status"] == "renamed" and r["dumped"] == "rope_cos_sin_cache_inplace_d256"
+    assert r["how"] == "spec alias: every field difference has a named cause (18)"
+    assert r["alias"]["pattern"] == "rope_cos_sin_cache_inplace_d{head_size}"
+    fi_api = [d for d in r["diffs"] if d["field"] == "tags.fi_api"]
+    assert fi_api == [{"field": "tags.fi_api", "predicted": ["fi_api:flashinfer.rope.apply_rope_with_cos_sin_cache"],
+                       "dumped": ["fi_api:flashinfer.rope.apply_rope_with_cos_sin_cache_inplace"],
+                       "cause": "in-place-api"}]
+    assert r["unexplained"] == 0 and rep["field_differences"]["unexplained"] == 0
+    assert "in-place-api" in r["causes"]
+    main(["diff", str(dumps), "--model", "qwen3-next-80b-a3b", "--tp", "2", "--specs", "rope", "--all-diffs"])
+    out = capsys.readouterr().out
+    assert "[in-place-api]" in out and "[no named cause]" not in out
+    assert "  rope_cos_sin_cache_inplace_d{head_size}: the in-place API" in out
+
+
+def test_tag_differences_are_one_field_per_namespace():
+    """A cause can name one tag namespace (tags.fi_api); `tags` still covers them all."""
+    from runners.diff import cause_of, field_diffs
+    pred = {"op_type": "x", "tags": ["fi_api:a.f", "stage:decode", "fused"]}
+    dump = {"op_type": "x", "tags": ["fi_api:a.f_inplace", "stage:decode", "status:verified"]}
+    ds = field_diffs(pred, dump, [])
+    assert ds == [{"field": "tags.fi_api", "predicted": ["fi_api:a.f"], "dumped": ["fi_api:a.f_inplace"]},
+                  {"field": "tags.fused", "predicted": ["fused"], "dumped": []},
+                  {"field": "tags.status", "predicted": [], "dumped": ["status:verified"]}]
+    api = [{"name": "api", "fields": ["tags.fi_api"], "side": "both", "why": "w"}]
+    assert [cause_of(d, api) and cause_of(d, api)["name"] for d in ds] == ["api", None, None]
+    only_dumped = [{"name": "dumper-tags", "fields": ["tags.*"], "side": "dumped", "why": "w"}]
+    assert [cause_of(d, only_dumped) and cause_of(d, only_dumped)["name"] for d in ds] == [None, None, "dumper-tags"]
+    assert all(cause_of(d, [{"name": "all", "fields": ["tags"], "why": "w"}]) for d in ds)
