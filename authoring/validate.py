@@ -489,7 +489,10 @@ def run_reference(doc: _Doc, max_numel: int = DEFAULT_MAX_NUMEL) -> bool:
 # driver
 
 def validate_dataset(root: str, run_references: bool = False, op_types: Optional[Sequence[str]] = None,
-                     names: Optional[Sequence[str]] = None, max_numel: int = DEFAULT_MAX_NUMEL) -> Report:
+                     names: Optional[Sequence[str]] = None, max_numel: int = DEFAULT_MAX_NUMEL,
+                     on_definition=None) -> Report:
+    """Check every definition of the dataset at ``root`` (those of ``op_types`` / ``names`` when
+    given).  ``on_definition(key, index, total)`` is called before each one is checked."""
     if not os.path.isdir(root):
         raise DefcError("dataset folder not found", Location(display_path(root)), field="DATASET")
     report = Report(display_path(root))
@@ -513,11 +516,25 @@ def validate_dataset(root: str, run_references: bool = False, op_types: Optional
     by_stem: Dict[str, List[str]] = {}
     for p, _ in files:
         by_stem.setdefault(os.path.basename(p)[:-5], []).append(p)
-    for p, op_dir in files:
+    selected = [(p, op_dir) for p, op_dir in files
+                if not (op_types or names) or (op_types and op_dir in op_types)
+                or (names and os.path.basename(p)[:-5] in names)]
+    have_ops = sorted({op_dir for _, op_dir in files})
+    for w in op_types or ():            # a filter that selects nothing is an error naming what there is
+        if w not in have_ops:
+            raise DefcError(f"no op_type '{w[:60]}' in this dataset (it has: {', '.join(have_ops) or 'none'})",
+                            Location(display_path(root)), field="--op-types")
+    for w in names or ():
+        if w not in by_stem:
+            near = sorted(s for s in by_stem if s.split("_")[0] == w.split("_")[0])[:8]
+            raise DefcError(f"no definition '{w[:80]}' in this dataset ({len(by_stem)} definitions"
+                            + (f"; similar: {', '.join(near)}" if near else "") + ")",
+                            Location(display_path(root)), field="--definitions")
+    for k, (p, op_dir) in enumerate(selected):
         stem = os.path.basename(p)[:-5]
-        if (op_types or names) and not ((op_types and op_dir in op_types) or (names and stem in names)):
-            continue
         key = f"{op_dir}/{stem}"
+        if on_definition is not None:
+            on_definition(key, k, len(selected))
         report.definitions[key] = "ok"
         doc = _Doc(p, key, report)
         if len(by_stem[stem]) > 1:

@@ -49,11 +49,34 @@ def _command(args) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _nothing_selected(opts, compiled) -> None:
+    """--op-types/--specs/--definitions selected nothing: an error naming what there is (and, for a
+    named spec, its requires formula when that is why)."""
+    from dataclasses import replace
+    from compiler.errors import DefcError
+    from compiler.load import display_path
+    from compiler.pipeline import CompileOptions, spec_uses
+    from runners.verify import compile_for
+    _, every = compile_for(replace(opts, op_types=None, specs=(), names=None))
+    slug = compiled.model.slug
+    why = []
+    if opts.specs:
+        for u in spec_uses(CompileOptions(model=opts.model, specs=opts.specs, tp=opts.tp, ep=opts.ep, dp=opts.dp,
+                                          quantization=opts.quantization)):
+            if u.requires is not None:
+                why.append(f"{display_path(u.path)} does not apply to {slug}: its requires '{u.requires}' is false")
+    ops = sorted({d.get("op_type") for d, _ in every})
+    what = " ".join(f"--{k} {','.join(v)}" for k, v in (("specs", opts.specs), ("op-types", opts.op_types),
+                                                           ("definitions", opts.names)) if v)
+    raise DefcError(f"{what} selects no definition of {slug}" + (f" ({'; '.join(why)})" if why else "")
+                    + f"; it has {len(every)} definitions of op_types {', '.join(ops) or 'none'}")
+
+
 def run(args) -> int:
     from compiler.errors import DefcError
     from compiler.serving import parse_int_list
     from defc import __version__
-    from defc.output import comma_list
+    from defc.output import Progress, comma_list, verbosity
     from runners.verify import VerifyOptions, compile_for, verify_model
     from runners.verify_report import environment, now_iso, report_data, summary, write_report
 
@@ -74,7 +97,8 @@ def run(args) -> int:
     started, t0 = now_iso(), time.time()
     env = environment(device, __version__)
     state = {"compiled": None, "results": []}
-    tty = sys.stderr.isatty() and not args.quiet
+    v = verbosity(args)
+    bar = Progress(0, "verify", enabled=v >= 0)
     stem = None
 
     def one_label(s) -> str:
@@ -91,21 +115,22 @@ def run(args) -> int:
         return write_report(args.report, stem, data)
 
     def on_start(name, i, total):
-        if tty:
-            sys.stderr.write(f"\r\033[K[{i + 1}/{total}] {name} …")
-            sys.stderr.flush()
+        bar.set_total(total)
+        bar.start(name)
 
     def on_result(r, i, total):
         state["results"].append(r)
-        if not args.quiet:
+        bar.set_total(total)
+        bar.advance()
+        if v >= 0:                  # one result line per definition on stdout (above the bar on a terminal)
             what = r.ran if r.status in ("pass", "fail") else r.why
-            line = f"[{i}/{total}] {r.status.upper():7} {r.definition}  {what[:150]}  ({r.seconds:.1f}s)"
-            sys.stderr.write(("\r\033[K" if tty else "") + line + "\n")
-            sys.stderr.flush()
+            bar.log(f"[{i}/{total}] {r.status.upper():7} {r.definition}  {what[:150]}  ({r.seconds:.1f}s)")
         save(False)
 
     # compile once up front for the slug, the serving label and the report name
     compiled, items = compile_for(opts)
+    if not items and (opts.op_types or opts.specs or opts.names):
+        _nothing_selected(opts, compiled)
     state["compiled"] = compiled
     model_slug = compiled.model.slug
     if args.report:
@@ -114,16 +139,21 @@ def run(args) -> int:
         if opts.op_types:         # a partial run does not take the whole run's report name
             stem += "-" + "-".join(sorted(opts.op_types))[:60]
         stem += f"-{dev}"
-    if not args.quiet:
+    if v >= 0:
         sys.stderr.write(f"defc verify {model_slug} ({serving_label(compiled)}): {len(items)} definitions on "
                          f"{env.get('device')}, torch {env.get('torch')}, flashinfer {env.get('flashinfer')}"
                          + (f", {opts.jobs} workers" if opts.jobs > 1 else "") + "\n")
-    _, results = verify_model(opts, on_result=on_result, on_start=on_start)
+    with bar:
+        _, results = verify_model(opts, on_result=on_result, on_start=on_start)
     state["results"] = results
     paths = save(True)
     s = summary(results)
-    print(f"{model_slug}: {s['total']} definitions: {s['pass']} pass, {s['fail']} fail, {s['error']} error, "
-          f"{s['not-run']} not run ({time.time() - t0:.1f} s)")
-    if paths:
-        print(f"report: {paths[1]} (and .json)")
+    line = (f"{model_slug}: {s['total']} definitions: {s['pass']} pass, {s['fail']} fail, {s['error']} error, "
+            f"{s['not-run']} not run ({time.time() - t0:.1f} s)")
+    if v >= 0:
+        print(line)
+        if paths:
+            print(f"report: {paths[1]} (and .json)")
+    elif s["fail"] or s["error"]:       # -q: only a failure is told (on stderr)
+        print(f"defc: {line}" + (f"; report: {paths[1]}" if paths else ""), file=sys.stderr)
     return 1 if (s["fail"] or s["error"]) else 0

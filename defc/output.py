@@ -82,6 +82,11 @@ class Progress:
             self._bar = None
         return False
 
+    def set_total(self, total: int) -> None:
+        self.total = total
+        if self._bar is not None:
+            self._bar.update(self._task, total=total or None)
+
     def start(self, item: str) -> None:
         """The item now being worked on."""
         if self._bar is not None:
