@@ -191,10 +191,10 @@ def run(args) -> int:
         else:
             emit_json({"dry_run": args.dry_run, "out": opts.out,
                        "models": [dict(model=r["model"], **r["body"]) for r in reports]})
-    elif v >= 0:
+    elif v >= 0 or args.dry_run:            # -q: a dry run's table only
         for result, rep in zip(results, reports):
             _print_text(result, rep["body"]["definitions"], args.dry_run, opts.out, v)
-        if len(results) > 1:
+        if len(results) > 1 and v >= 0:
             files = {p.path for r in results for p in r.planned if p.status in WRITES}
             verb = "would write" if args.dry_run else "wrote"
             print(f"{len(results)} models: {verb} {len(files)} files into {opts.out}")
@@ -267,6 +267,8 @@ def _print_text(result, rows, dry_run: bool, out: str, v: int = 0) -> None:
     if dry_run:
         table(["status", "op_type", "name", "configs"],
               [[r["status"], r["op_type"], r["name"], ", ".join(r["configs"])] for r in rows])
+        if v < 0:
+            return
     else:
         for r in rows:
             if v >= 1 or r["status"] in ("collision", "replaced"):

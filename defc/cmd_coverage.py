@@ -45,12 +45,13 @@ def report_problems(problems) -> int:
     return 1 if problems else 0
 
 
-def emit(text: str, path) -> None:
+def emit(text: str, path, quiet: bool = False) -> None:
     if path:
         from compiler.load import display_path
         from compiler.write import atomic_write_text
         atomic_write_text(path, text)
-        print(f"wrote {display_path(path)}", file=sys.stderr)
+        if not quiet:
+            print(f"wrote {display_path(path)}")
     else:
         sys.stdout.write(text)
 
@@ -63,8 +64,9 @@ def run(args) -> int:
     if args.write_fi_api_list:
         reg = C.write_bundled()
         from compiler.load import display_path
-        print(f"wrote {display_path(C.BUNDLED_APIS)}: {len(reg.traced)} traced API names, {len(reg.untraced)} without a template "
-              f"({reg.source})")
+        if not args.quiet:
+            print(f"wrote {display_path(C.BUNDLED_APIS)}: {len(reg.traced)} traced API names, "
+                  f"{len(reg.untraced)} without a template ({reg.source})")
         return 0
     dataset = args.dataset or DEFAULT_OUT
     preds, problems = C.predict(comma_list(args.models), specs_dir=args.specs_dir or SPECS_DIR,
@@ -86,7 +88,7 @@ def run(args) -> int:
                                          dataset=C.NOWHERE, cookbook=args.cookbook)
                 problems += more
             text = C.matrix_markdown(preds, corpus=corpus, corpus_dir=args.corpus or "")
-        emit(text, args.write)
+        emit(text, args.write, args.quiet)
         return report_problems(problems)
     reg = registry_for(args)
     rows = C.coverage_rows(preds, reg)
@@ -94,5 +96,5 @@ def run(args) -> int:
         text = json.dumps({"dataset": dataset, "fi_registry": reg.source, "models": rows}, indent=2) + "\n"
     else:
         text = C.coverage_markdown(rows, dataset, reg)
-    emit(text, args.write)
+    emit(text, args.write, args.quiet)
     return report_problems(problems)

@@ -38,5 +38,5 @@ def run(args) -> int:
             head.append("Every predicted definition can come from a FlashInfer trace template.")
         parts = ["\n".join(head) + "\n"] + [body for _, _, body in issues]
         text = "\n---\n\n".join(parts)
-    emit(text, args.write)
+    emit(text, args.write, args.quiet)
     return report_problems(problems)

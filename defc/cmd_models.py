@@ -39,5 +39,6 @@ def run_snapshot(args) -> int:
     from compiler.serving import read_cookbook, write_snapshot, SNAPSHOT
     rows = read_cookbook(args.cookbook)
     n = write_snapshot(rows, args.source or args.cookbook)
-    print(f"wrote {n} configurations to {SNAPSHOT}")
+    if not args.quiet:
+        print(f"wrote {n} configurations to {SNAPSHOT}")
     return 0

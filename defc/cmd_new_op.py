@@ -31,6 +31,8 @@ def run(args) -> int:
             print(f"# {display_path(p)}")
             print(t)
         return 0
+    if getattr(args, "quiet", False):
+        return 0
     print(f"created {display_path(sc.spec_path)}")
     for p in sc.reference_paths:
         print(f"created {display_path(p)}")

@@ -89,7 +89,7 @@ def run(args) -> int:
     if args.format == "json":
         emit_json({"out": out, "dry_run": args.dry_run, "summary": describe(items),
                    "items": [i.row() for i in items]})
-    else:
+    elif not args.quiet:
         print_items(items, out, args.dry_run)
     n = problems(items)
     if n:
