@@ -29,12 +29,12 @@ from .diagnose import Finding, config_names, findings, unverified
 from .evaluate import Evaluator, Gap, Instance, MissingField
 from .facts import load_facts, model_env, quant_key
 from .models import ModelInfo, resolve_model
-from . import cache
+from . import cache, manifest
 from .paths import DEFAULT_COOKBOOK, DEFAULT_OUT, MODEL_FACTS, SPECS_DIR
 from .render import Renderer, template_dirs
 from .serving import Serving, default_servings, explicit_servings, rows_for
-from .write import (WRITES, DatasetLock, Listing, Planned, dumps, apply_many, check_component, clean_stale_temps,
-                    check_folder, final_writes, lock_timeout, plan, replan)
+from .write import (WRITES, DatasetLock, Listing, Planned, dumps, apply_many, atomic_write_text, check_component,
+                    clean_stale_temps, check_folder, final_writes, lock_timeout, plan, replan)
 
 
 @dataclass
@@ -397,27 +397,64 @@ def write_planned(result: CompileResult) -> None:
     write_planned_many([result])
 
 
-def write_planned_many(results: Sequence[CompileResult]) -> None:
+def write_planned_many(results: Sequence[CompileResult], opts: Optional[CompileOptions] = None) -> None:
     """Write the plans of :func:`compile_models` (or of one model): each file once, with its last
     planned content.  Under the dataset's lock (another compile into the same folder waits its
     turn) every file is planned again against the folder as it is now, so what another process
     wrote since the compile planned is merged with or reported as a collision — the results'
     ``planned`` lists are updated to say what was done.  Temp files that a killed earlier run left
-    in the dataset are removed first."""
+    in the dataset are removed first.  Given the compile's options, the dataset's
+    ``manifest.json`` records these models (see manifest), under the same lock, when the compile
+    writes a file or the dataset has a manifest."""
     writes = any(p.status in WRITES for r in results for p in r.planned)
     roots = sorted({os.path.dirname(os.path.dirname(os.path.dirname(p.path))) for r in results for p in r.planned})
+    # the manifest records a compile that writes, or keeps one the dataset has up to date (looked
+    # for under the lock: another compile may be writing it)
+    record = opts is not None and len(roots) == 1 and (writes or os.path.isdir(roots[0]))
     with ExitStack() as stack:
-        if writes:
+        if writes or record:
             timeout = lock_timeout()          # a bad DEFC_LOCK_TIMEOUT is reported before anything is made
             for folder in sorted({os.path.dirname(p.path) for r in results for p in r.planned if p.status in WRITES}):
                 check_folder(folder)          # a file in the way is reported where it is, before any write
             for root in roots:                # one dataset in practice; sorted, so never a deadlock
                 stack.enter_context(DatasetLock(root, timeout))
+        if writes:
             for r, again in zip(results, replan([r.planned for r in results])):
                 r.planned[:] = again
+        record = record and (writes or os.path.lexists(os.path.join(roots[0], manifest.MANIFEST)))
+        old = manifest.read(os.path.join(roots[0], manifest.MANIFEST)) if record else None   # before any write
         for root in roots:
             base = os.path.join(root, "definitions")
             for folder in [base] + sorted(glob.glob(os.path.join(glob.escape(base), "*", ""))):
                 clean_stale_temps(folder)
         if writes:
             apply_many(final_writes([p for r in results for p in r.planned]))
+        if record:
+            _write_manifest(roots[0], old, _manifest_inputs(opts), results, opts)
+
+
+def _manifest_inputs(opts: CompileOptions) -> Dict[str, Any]:
+    """The shared inputs of a compile as the manifest records them (specs, templates, cookbook)."""
+    paths = spec_paths(opts.specs, opts.specs_dir) + [os.path.join(opts.specs_dir, MODEL_FACTS)]
+    cookbook = opts.cookbook
+    if cookbook is None and os.path.isdir(DEFAULT_COOKBOOK):
+        cookbook = DEFAULT_COOKBOOK
+    return manifest.inputs_record(paths, template_dirs(list(opts.template_dirs)), cookbook)
+
+
+def _write_manifest(root: str, old: Dict[str, Any], inputs: Dict[str, Any], results: Sequence[CompileResult],
+                    opts: CompileOptions) -> None:
+    """Record the compiled models in ``root/manifest.json`` (the dataset lock is held)."""
+    options = {"specs": [s if not os.path.exists(s) else os.path.abspath(s) for s in opts.specs],
+               "op_types": opts.op_types, "quantization": opts.quantization,
+               "tp": opts.tp, "ep": opts.ep, "dp": opts.dp, "force": opts.force,
+               "templates": [os.path.abspath(d) for d in opts.template_dirs]}
+    key = manifest.inputs_id(inputs)
+    doc = manifest.merged(old, inputs, [manifest.model_record(r, root, key, options) for r in results])
+    path = os.path.join(root, manifest.MANIFEST)
+    if old and manifest.text(old) == manifest.text(doc):
+        return                                  # unchanged: left as it is
+    try:
+        atomic_write_text(path, manifest.text(doc))
+    except OSError as e:
+        raise DefcError(f"cannot write: {e.strerror or e}", Location(display_path(path))) from None

@@ -15,7 +15,10 @@ def register(sub) -> None:
     p.add_argument("--all-models", action="store_true",
                    help="every model of the bundled catalogue (as one multi-model compile)")
     p.add_argument("--config", metavar="PATH", help="a local config.json (the model keeps --model as its slug)")
-    p.add_argument("--hf-repo-id", metavar="ORG/NAME", help="fetch config.json from the Hugging Face Hub")
+    p.add_argument("--hf-repo-id", metavar="ORG/NAME[@REV]", help="fetch config.json from the Hugging Face Hub "
+                                                                 "(org/name@rev: at a branch, tag or commit)")
+    p.add_argument("--revision", metavar="REV", help="the Hub revision (branch, tag or commit) of --hf-repo-id or of "
+                                                     "the one --model given as a repo id (default: main)")
     p.add_argument("--tp", help="tensor-parallel sizes, comma list (default: the cookbook's, else 1)")
     p.add_argument("--ep", help="expert-parallel sizes, comma list (default: the cookbook's, else 1)")
     p.add_argument("--dp", help="DP-attention sizes, comma list (default: the cookbook's, else 1)")
@@ -98,7 +101,25 @@ def models_from(args):
     if len(models) > 1 and (args.config or args.hf_repo_id):
         raise DefcError("--config and --hf-repo-id name one model: use them with at most one --model",
                         field="--model")
-    return models
+    return with_revision(args, models)
+
+
+def with_revision(args, models):
+    """--revision goes onto the one Hub model named (--hf-repo-id, else --model): org/name@REV."""
+    from compiler.errors import DefcError
+    from compiler.models import with_revision as at_revision
+    rev = getattr(args, "revision", None)
+    if rev is None:
+        return models
+    if args.config:
+        raise DefcError("--revision applies to a Hugging Face repo id, not --config", field="--revision")
+    if args.hf_repo_id:
+        args.hf_repo_id = at_revision(args.hf_repo_id, rev)
+        return models
+    if len(models) != 1:
+        raise DefcError("--revision names one model's revision: give one --model ORG/NAME "
+                        "(or ORG/NAME@REV for each model)", field="--revision")
+    return [at_revision(models[0], rev)]
 
 
 def check_op_types(words, specs_dir):
@@ -182,7 +203,7 @@ def run(args) -> int:
             print(f"defc: error: {slug}: {f.line()}", file=sys.stderr)
         return 1
     if not args.dry_run:
-        write_planned_many(results)
+        write_planned_many(results, opts)         # and OUT/manifest.json
     reports = [_report(r) for r in results]
     if args.format == "json":
         from defc.output import emit_json

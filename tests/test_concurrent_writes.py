@@ -60,6 +60,11 @@ def dataset(folder):
     return got
 
 
+def definitions(files):
+    """The definition files of dataset(folder) (not manifest.json)."""
+    return {k: v for k, v in files.items() if k != "manifest.json"}
+
+
 @pytest.fixture(scope="module")
 def warm_cache(tmp_path_factory):
     """A result cache that holds the four models (so each process only places and writes)."""
@@ -73,7 +78,7 @@ def write_order(files):
     """The order in which the models wrote into a dataset: the model: tags of a file are in the
     order their compiles wrote it (merge_tags appends); the pairs must agree on one order."""
     before = set()
-    for v in files.values():
+    for v in definitions(files).values():
         ms = [t[len("model:"):] for t in v["tags"] if t.startswith("model:")]
         before.update((a, b) for i, a in enumerate(ms) for b in ms[i + 1:])
     order = sorted(MODELS, key=lambda m: sum((o, m) in before for o in MODELS))
@@ -96,7 +101,7 @@ def test_four_concurrent_compiles_equal_compiling_them_one_after_another(tmp_pat
             sequential[order] = dataset(out)
         return sequential[order]
     want = one_after_another(tuple(MODELS))
-    assert sum(1 for v in want.values() if sum(t.startswith("model:") for t in v["tags"]) >= 2) >= 10, \
+    assert sum(1 for v in definitions(want).values() if sum(t.startswith("model:") for t in v["tags"]) >= 2) >= 10, \
         "the models should share definitions (tag merges are what concurrent compiles could lose)"
     capsys.readouterr()
 
@@ -112,6 +117,7 @@ def test_four_concurrent_compiles_equal_compiling_them_one_after_another(tmp_pat
         differ = sorted(k for k in want if got[k] != want[k])
         assert not differ, f"trial {trial}: files differ from the sequential compile (lost merges?): {differ[:5]}"
         assert not [k for k in got if os.path.basename(k).startswith((W.TEMP_PREFIX, ".defc"))]
+        assert sorted(got["manifest.json"]["models"]) == sorted(MODELS)      # no compile's record lost
 
 
 PROBE = """\
@@ -157,7 +163,12 @@ def test_two_different_definitions_of_one_name_race_and_one_collision_is_reporte
                                           "(use --force to replace, keeping .bak)"]
         assert "collision: " in results[codes.index(1)][1]
         files = dataset(out)
-        assert list(files) == [os.path.join("definitions", "probe", "probe_one_name.json")]
+        assert list(definitions(files)) == [os.path.join("definitions", "probe", "probe_one_name.json")]
+        records = files["manifest.json"]["models"]          # the loser records its collision
+        assert records[winner]["definitions"] == ["definitions/probe/probe_one_name.json"]
+        loser = models[codes.index(1)]
+        assert (records[loser]["definitions"], records[loser]["collisions"]) == \
+            ([], ["definitions/probe/probe_one_name.json"])
         doc = files[os.path.join("definitions", "probe", "probe_one_name.json")]
         assert doc["axes"]["hidden"]["value"] == {"llama-3.1-8b": 4096, "qwen3-14b": 5120}[winner]
         assert [t for t in doc["tags"] if t.startswith("model:")] == [f"model:{winner}"]
@@ -246,8 +257,9 @@ def test_multi_model_force_keeps_every_replaced_version(tmp_path, probe_specs):
     assert main(base + ["--model", "qwen3-14b", "--out", seq]) == 0
     assert main(base + ["--model", "llama-3.1-8b", "--model", "qwen3-14b", "--out", mul]) == 0
     assert dataset(seq) == dataset(mul)
-    assert sorted(dataset(mul)) == [os.path.join("definitions", "probe", n) for n in
-                                    ("probe_one_name.json", "probe_one_name.json.bak", "probe_one_name.json.bak.1")]
+    assert sorted(definitions(dataset(mul))) == [os.path.join("definitions", "probe", n) for n in
+                                                 ("probe_one_name.json", "probe_one_name.json.bak",
+                                                  "probe_one_name.json.bak.1")]
 
 
 # -- the cache's temp files ------------------------------------------------------------------------
