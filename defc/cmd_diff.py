@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Dict
 
 
 def register(sub) -> None:
