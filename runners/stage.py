@@ -8,13 +8,12 @@ different definition under the same name is reported as a collision and never ov
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from compiler.errors import DefcError
 from compiler.load import display_path
-from compiler.write import DatasetLock, apply, check_component, plan
+from compiler.write import WRITES, DatasetLock, apply, check_component, plan
 
 from .common import DumpSet, data_file
 from .rules import Outcome, apply_rules, load_rules
@@ -95,8 +94,11 @@ def stage_docs(sets: Sequence[DumpSet], out: str, tags: Dict[str, Any], dry_run:
                repair: bool = True) -> List[StageItem]:
     """Normalise, tag and place every dump; each file is planned and written under the dataset's
     lock (a concurrent compile or stage into the same folder waits its turn)."""
-    with (nullcontext() if dry_run else DatasetLock(out)):
-        return _stage_docs(sets, out, tags, dry_run, repair)
+    planned = _stage_docs(sets, out, tags, True, repair)
+    if dry_run or not any(i.status in WRITES for i in planned):
+        return planned                  # nothing to write: the dataset is not touched (nor locked)
+    with DatasetLock(out):
+        return _stage_docs(sets, out, tags, False, repair)
 
 
 def _stage_docs(sets: Sequence[DumpSet], out: str, tags: Dict[str, Any], dry_run: bool,
