@@ -405,11 +405,12 @@ def write_planned_many(results: Sequence[CompileResult], opts: Optional[CompileO
     ``planned`` lists are updated to say what was done.  Temp files that a killed earlier run left
     in the dataset are removed first.  Given the compile's options, the dataset's
     ``manifest.json`` records these models (see manifest), under the same lock, when the compile
-    writes a file or the dataset has a manifest."""
+    writes a file, or finds a manifest and no collision (a compile that only reports collisions
+    leaves the dataset as it is)."""
     writes = any(p.status in WRITES for r in results for p in r.planned)
     roots = sorted({os.path.dirname(os.path.dirname(os.path.dirname(p.path))) for r in results for p in r.planned})
-    # the manifest records a compile that writes, or keeps one the dataset has up to date (looked
-    # for under the lock: another compile may be writing it)
+    # the manifest records a compile that writes a file, and is kept up to date by one that finds
+    # every file as it would write it (decided under the lock: another compile may be writing)
     record = opts is not None and len(roots) == 1 and (writes or os.path.isdir(roots[0]))
     with ExitStack() as stack:
         if writes or record:
@@ -421,7 +422,11 @@ def write_planned_many(results: Sequence[CompileResult], opts: Optional[CompileO
         if writes:
             for r, again in zip(results, replan([r.planned for r in results])):
                 r.planned[:] = again
-        record = record and (writes or os.path.lexists(os.path.join(roots[0], manifest.MANIFEST)))
+        if record:
+            planned = [p for r in results for p in r.planned]
+            record = any(p.status in WRITES for p in planned) or (
+                not any(p.status == "collision" for p in planned)
+                and os.path.lexists(os.path.join(roots[0], manifest.MANIFEST)))
         old = manifest.read(os.path.join(roots[0], manifest.MANIFEST)) if record else None   # before any write
         for root in roots:
             base = os.path.join(root, "definitions")

@@ -72,7 +72,7 @@ def test_the_defc_script_exits_with_the_status_and_all_its_output(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)                      # flushed whole before the process ended
     written = {os.path.relpath(os.path.join(r, f), out) for r, _, fs in os.walk(out) for f in fs}
-    assert written == {os.path.relpath(d["path"], out) for d in report["definitions"]}
+    assert written == {os.path.relpath(d["path"], out) for d in report["definitions"]} | {"manifest.json"}
     bad = _run(["compile", "--model", "no-such-model", "--out", str(out)], tmp_path, ENTRY)
     assert bad.returncode == 2 and bad.stderr.startswith("defc: ") and "Traceback" not in bad.stderr
 

@@ -54,8 +54,9 @@ def run(argv, capsys):
 
 
 def names(out):
-    return sorted(os.path.basename(p)[:-5] for r, _, fs in os.walk(out) for p in [os.path.join(r, f) for f in fs]
-                  if p.endswith(".json"))
+    """The definitions written under out (not manifest.json)."""
+    return sorted(os.path.basename(p)[:-5] for r, _, fs in os.walk(os.path.join(out, "definitions"))
+                  for p in [os.path.join(r, f) for f in fs] if p.endswith(".json"))
 
 
 def test_cookbook_dp_attention_and_ep_configs(specs, tmp_path, capsys):

@@ -164,11 +164,8 @@ def test_two_different_definitions_of_one_name_race_and_one_collision_is_reporte
         assert "collision: " in results[codes.index(1)][1]
         files = dataset(out)
         assert list(definitions(files)) == [os.path.join("definitions", "probe", "probe_one_name.json")]
-        records = files["manifest.json"]["models"]          # the loser records its collision
-        assert records[winner]["definitions"] == ["definitions/probe/probe_one_name.json"]
-        loser = models[codes.index(1)]
-        assert (records[loser]["definitions"], records[loser]["collisions"]) == \
-            ([], ["definitions/probe/probe_one_name.json"])
+        records = files["manifest.json"]["models"]          # the loser wrote nothing: no record
+        assert list(records) == [winner] and records[winner]["definitions"] == ["definitions/probe/probe_one_name.json"]
         doc = files[os.path.join("definitions", "probe", "probe_one_name.json")]
         assert doc["axes"]["hidden"]["value"] == {"llama-3.1-8b": 4096, "qwen3-14b": 5120}[winner]
         assert [t for t in doc["tags"] if t.startswith("model:")] == [f"model:{winner}"]

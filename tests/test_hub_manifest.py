@@ -189,3 +189,26 @@ def test_a_manifest_that_is_not_defcs_stops_the_write(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "manifest.json: error: not a defc dataset manifest" in err[0]
     assert _files(str(out)) == [] and (out / "manifest.json").read_text() == '{"nodes": {}}'
+
+
+def test_a_compile_that_writes_nothing_keeps_the_manifest_current_but_a_collision_leaves_it(hub, tmp_path, capsys,
+                                                                                            monkeypatch):
+    monkeypatch.setenv("DEFC_NO_CACHE", "1")
+    out = str(tmp_path / "ds")
+    # rmsnorm reads hidden_size only: v2 (7 layers) and main give the same files
+    assert main(["compile", "rmsnorm", "--tp", "1", "--model", "acme/Tiny-8B@v2", "--out", out]) == 0
+    assert main(["compile", "rmsnorm", "--tp", "1", "--model", "acme/Tiny-8B", "--out", out]) == 0
+    assert "0 new" in capsys.readouterr().out
+    src = _manifest(out)["models"]["tiny-8b"]["source"]
+    assert (src["revision"], src["commit"]) == (None, MAIN)               # every file unchanged, the record updated
+    target = os.path.join(out, _manifest(out)["models"]["tiny-8b"]["definitions"][0])
+    with open(target) as fh:
+        doc = json.load(fh)
+    for tensor in doc["inputs"].values():
+        tensor["dtype"] = "float16"                                        # someone else's definition
+    with open(target, "w") as fh:
+        json.dump(doc, fh)
+    before = open(os.path.join(out, "manifest.json")).read()
+    assert main(["compile", "rmsnorm", "--tp", "1", "--model", "acme/Tiny-8B@v2", "--out", out]) == 1
+    assert "collision" in capsys.readouterr().err
+    assert open(os.path.join(out, "manifest.json")).read() == before     # only collisions: left as it is
