@@ -307,7 +307,25 @@ class Evaluator:
                         if self._gap(spec, d.get("gaps"), plan.base, env, ctx, serving, d["id"]):
                             continue
                         out.append(self._instance(spec, i, d, plan, env, serving, q or own_q, ctx))
+        self._quantization_gap(spec, serving, own_q, out)
         return out
+
+    def _quantization_gap(self, spec: Spec, serving: Serving, own_q: str, out: List[Instance]) -> None:
+        """A family whose definitions are all per quantization and that describes unquantized
+        (bf16) models too — so every model needs it — but has no variant for the model's own
+        quantization would say nothing: that is a gap naming it (e.g. int4 weights).  A family
+        without a bf16 variant (FP4 activation quantization) only exists for its quantizations."""
+        declared = [d.get("quantization") for d in spec.definitions]
+        if out or self.quant_selection is not None or not declared or not all(declared):
+            return
+        kinds = sorted({k for q in declared for k in q})
+        if own_q in kinds or "bf16" not in kinds:
+            return
+        gap = Gap(spec.family, None, serving.label(),
+                  f"the model's quantization is {own_q}; the {spec.family} definitions describe {', '.join(kinds)}",
+                  spec.path)
+        if gap not in self.gaps:
+            self.gaps.append(gap)
 
     def _gap(self, spec: Spec, gaps, base: Tuple, env: Dict[str, Any], ctx: str, serving: Serving,
              definition: Optional[str]) -> bool:
