@@ -89,7 +89,7 @@ def clean_temps(base: str, now: Optional[float] = None) -> List[str]:
         try:
             st = os.lstat(path)
             old = now - st.st_mtime > STALE_AFTER_S
-            gone = pid.isdigit() and "-" in n[len(TEMP_PREFIX):] and not _pid_alive(int(pid))
+            gone = pid.isdigit() and "-" in n[len(TEMP_PREFIX):] and not pid_alive(int(pid))
             if (old or gone) and stat.S_ISREG(st.st_mode):      # never a link or a folder
                 os.unlink(path)
                 removed.append(n)
@@ -98,7 +98,8 @@ def clean_temps(base: str, now: Optional[float] = None) -> List[str]:
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs (the writer of a temp file named after it)."""
     if pid == os.getpid():
         return True
     try:

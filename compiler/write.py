@@ -23,6 +23,7 @@ import stat
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from .cache import pid_alive
 from .errors import DefcError, Location
 from .load import display_path
 
@@ -91,14 +92,24 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new, never a part (temp + fsync + rename)."""
+def _synced_temp(path: str, data: bytes) -> str:
+    """A temp file next to path holding data, on disk (fsync) and closed; its path."""
     fd, tmp = _write_temp(path, data)
     try:
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new, never a part (temp + fsync + rename)."""
+    tmp = _synced_temp(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
@@ -174,18 +185,6 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:          # EPERM: it exists, under another user
-        return True
-    return True
-
-
 def clean_stale_temps(folder: str) -> List[str]:
     """Remove temp files that a killed defc left in ``folder``; return their paths.
 
@@ -206,7 +205,7 @@ def clean_stale_temps(folder: str) -> List[str]:
             st = os.lstat(p)
             if not stat.S_ISREG(st.st_mode):          # our temp files are plain files, never links or folders
                 continue
-            stale = not _pid_alive(int(m.group(1))) if m else now - st.st_mtime > STALE_AFTER_S
+            stale = not pid_alive(int(m.group(1))) if m else now - st.st_mtime > STALE_AFTER_S
             if stale:
                 os.unlink(p)
                 removed.append(p)
@@ -480,12 +479,8 @@ def backup_names(path: str) -> Iterator[str]:
 def _write_backup(path: str, data: bytes) -> str:
     """Keep data as the first free backup name of path (never replacing an earlier backup: the
     temp file is linked to the name, which fails if it exists); return that name."""
-    fd, tmp = _write_temp(path, data)
+    tmp = _synced_temp(path, data)
     try:
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         for bak in backup_names(path):
             if os.path.lexists(bak):
                 continue
