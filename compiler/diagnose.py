@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import formula as F
-from .check import PLACEHOLDER, Spec
-from .evaluate import Gap, Instance
+from .check import Spec
+from .evaluate import Gap, Instance, placeholder_names
 from .facts import ASSUMED, FactsSpec, flatten_config
 
 
@@ -53,18 +53,8 @@ def spec_names(specs: Sequence[Spec]) -> Set[str]:
     for spec in specs:
         for f in spec.formulas.values():
             names |= f.symbols
-        names |= _placeholders(spec.data)
+        names |= placeholder_names(spec.data)
     return names
-
-
-def _placeholders(value: Any) -> Set[str]:
-    if isinstance(value, str):
-        return {m.group(1).strip() for m in PLACEHOLDER.finditer(value)}
-    if isinstance(value, dict):
-        return set().union(*(_placeholders(v) for v in value.values()))
-    if isinstance(value, list):
-        return set().union(*(_placeholders(v) for v in value))
-    return set()
 
 
 def fact_names(facts: FactsSpec) -> Set[str]:

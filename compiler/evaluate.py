@@ -135,14 +135,14 @@ def substitute(text: str, env: Dict[str, Any], spec: Spec, path: Tuple) -> str:
     return "".join(out)
 
 
-def _placeholder_names(value: Any) -> set:
+def placeholder_names(value: Any) -> set:
     """The names in every ``{placeholder}`` of the strings in value (a spec's data)."""
     if isinstance(value, str):
         return {m.group(1).strip() for m in PLACEHOLDER.finditer(value)}
     if isinstance(value, dict):
-        return set().union(*(_placeholder_names(v) for v in value.values()))
+        return set().union(*(placeholder_names(v) for v in value.values()))
     if isinstance(value, list):
-        return set().union(*(_placeholder_names(v) for v in value))
+        return set().union(*(placeholder_names(v) for v in value))
     return set()
 
 
@@ -413,7 +413,7 @@ class _DefinitionPlan:
 
     def __init__(self, spec: Spec, i: int, d: dict, lookup):
         base = self.base = ("definitions", i)
-        reads = set(_placeholder_names(d))
+        reads = set(placeholder_names(d))
 
         def formula(spec, path, text) -> F.Formula:
             f = lookup(spec, path, text)
