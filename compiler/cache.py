@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 VERSION = "5"          # 3: positions kept as JSON text; 4: one cache module, result keys by parts; 5: findings
 MAX_RESULTS = 2000     # beyond this many stored compiles, the older half is removed
 
+DIGEST_LIMIT = 16 * 1024 * 1024     # a larger input is keyed by size and mtime (load's limit is the same)
 log = logging.getLogger("defc")
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -152,19 +153,18 @@ def results_enabled() -> bool:
 
 def _file_digest(h, path: str) -> None:
     """A file's length and content; a device, FIFO or socket is never opened (it could block or
-    never end) and a file past load's size limit is keyed by its size and mtime (it is refused
-    when read)."""
+    never end) and a file past DIGEST_LIMIT bytes is keyed by its size and mtime (load refuses
+    such a file anyway)."""
     import stat
-    from .load import MAX_FILE_BYTES
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             data = b"\0not a regular file"
-        elif st.st_size > MAX_FILE_BYTES:
+        elif st.st_size > DIGEST_LIMIT:
             data = b"\0too large %d %d" % (st.st_size, st.st_mtime_ns)
         else:
             with open(path, "rb") as fh:
-                data = fh.read(MAX_FILE_BYTES + 1)
+                data = fh.read(DIGEST_LIMIT + 1)
     except OSError:
         data = b"\0unreadable"
     h.update(len(data).to_bytes(8, "little"))
