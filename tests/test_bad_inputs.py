@@ -84,7 +84,9 @@ def expected_line(meta) -> str:
 
 
 def check_outcome(name, meta, code, out, err, before, after):
-    assert code != 0, f"{name}: exit code 0 (stdout: {out!r})"
+    # the documented exit codes: 2 bad input or usage (the default), 1 findings (e.g. a table of rows
+    # that could not be read), never 0 and never 3 (an internal error)
+    assert code == meta.get("code", 2), f"{name}: exit code {code}, want {meta.get('code', 2)} (stdout: {out!r})"
     assert "Traceback" not in err and "Traceback" not in out, f"{name}: a traceback reached the user:\n{err}"
     want = expected_line(meta)
     if meta.get("stream") == "stdout":
