@@ -53,7 +53,8 @@ def run(cmd, env) -> tuple:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
+    gaps_only = proc.returncode == 1 and "defc: compiled with gaps:" in proc.stderr   # the catalogue's known gaps
+    if proc.returncode != 0 and not gaps_only:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return wall, proc.stdout
 
