@@ -26,9 +26,9 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from compiler.errors import DefcError, DefcErrors
-from compiler.load import display_path
-from compiler.paths import SPECS_DIR
+from defc.compiler.errors import DefcError, DefcErrors
+from defc.compiler.load import display_path
+from defc.compiler.paths import SPECS_DIR
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 BUNDLED_APIS = os.path.join(DATA_DIR, "fi_trace_apis.json")
@@ -42,8 +42,8 @@ NOWHERE = os.path.join(os.sep, "nonexistent-defc-dataset")   # an out folder tha
 @contextlib.contextmanager
 def cached_inputs() -> Iterator[None]:
     """Within the block, spec files and cookbook data are read once (keyed by path and mtime)."""
-    from compiler import pipeline, serving
-    from compiler.check import load_spec
+    from defc.compiler import pipeline, serving
+    from defc.compiler.check import load_spec
     spec_cache: Dict[Tuple[str, float], Any] = {}
     snap_cache: Dict[Tuple[str, float], Any] = {}
     book_cache: Dict[str, Any] = {}
@@ -76,7 +76,7 @@ def cached_inputs() -> Iterator[None]:
             book_cache[k] = orig_read(root)
         return book_cache[k]
 
-    from compiler import models
+    from defc.compiler import models
     entry_cache: Dict[Tuple[str, float], Any] = {}
     orig_entry = models.load_catalogue_entry
 
@@ -99,8 +99,8 @@ def cached_inputs() -> Iterator[None]:
 
 def usable_specs(specs: Sequence[str] = (), specs_dir: str = SPECS_DIR) -> Tuple[List[str], List[DefcError]]:
     """Spec paths that load and check cleanly, and the problems of those that do not."""
-    from compiler.check import load_spec
-    from compiler.pipeline import spec_paths
+    from defc.compiler.check import load_spec
+    from defc.compiler.pipeline import spec_paths
     good, bad = [], []
     for p in spec_paths(list(specs), specs_dir):
         try:
@@ -147,8 +147,8 @@ def predict(models: Optional[Sequence[str]] = None, specs: Sequence[str] = (), s
             template_dirs: Sequence[str] = (), dataset: str = NOWHERE, cookbook: Optional[str] = None,
             quantization: Optional[List[str]] = None) -> Tuple[List[ModelPrediction], List[DefcError]]:
     """Compile every model (default: the catalogue) in memory; problems come back, nothing is raised."""
-    from compiler.models import catalogue_slugs
-    from compiler.pipeline import CompileOptions, compile_model
+    from defc.compiler.models import catalogue_slugs
+    from defc.compiler.pipeline import CompileOptions, compile_model
     good, problems = usable_specs(specs, specs_dir)
     slugs = list(models) if models else catalogue_slugs()
     out: List[ModelPrediction] = []
@@ -412,7 +412,7 @@ def live_registry() -> TraceRegistry:
 
 def resolves(api: str) -> bool:
     """Whether a dotted FlashInfer name imports (flashinfer must be importable)."""
-    from compiler.dotted import resolve
+    from defc.compiler.dotted import resolve
     return resolve(api) is not None
 
 
@@ -433,7 +433,7 @@ def registry(live: Optional[bool] = None) -> TraceRegistry:
 
 
 def write_bundled(path: str = BUNDLED_APIS) -> TraceRegistry:
-    from compiler.write import atomic_write_text
+    from defc.compiler.write import atomic_write_text
     reg = live_registry()
     data = {"generated_by": "defc coverage --write-fi-api-list", "flashinfer": reg.source.replace(" (live)", ""),
             "traced": reg.traced, "untraced": reg.untraced}

@@ -24,11 +24,11 @@ import re
 from functools import lru_cache
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from compiler import formula as F
-from compiler.check import PLACEHOLDER, field_name, schema_errors, spec_problems
-from compiler.errors import DefcError, DefcErrors, Location
-from compiler.load import Located, display_path, load_yaml
-from compiler.paths import MODEL_FACTS, SPECS_DIR
+from defc.compiler import formula as F
+from defc.compiler.check import PLACEHOLDER, field_name, schema_errors, spec_problems
+from defc.compiler.errors import DefcError, DefcErrors, Location
+from defc.compiler.load import Located, display_path, load_yaml
+from defc.compiler.paths import MODEL_FACTS, SPECS_DIR
 
 from .coverage import cached_inputs
 
@@ -88,8 +88,8 @@ def tag_problem(tag: str) -> Optional[Tuple[str, str]]:
 
 @lru_cache(maxsize=4)
 def _catalogue_fields(nesting: Tuple[str, ...]) -> frozenset:
-    from compiler.facts import flatten_config
-    from compiler.models import catalogue_slugs, load_catalogue_entry
+    from defc.compiler.facts import flatten_config
+    from defc.compiler.models import catalogue_slugs, load_catalogue_entry
     names: Set[str] = set()
     for slug in catalogue_slugs():
         try:
@@ -561,7 +561,7 @@ def _line_of(source: str, var: str) -> int:
 
 def template_problems(doc: Located, dirs: Sequence[str]) -> List[DefcError]:
     from jinja2 import TemplateSyntaxError, meta
-    from compiler.render import environment
+    from defc.compiler.render import environment
     env = environment(tuple(dirs))
     probs: List[DefcError] = []
     seen: Set[Tuple[str, str]] = set()
@@ -726,7 +726,7 @@ class _OneDefinition(Located):
 
 def _per_definition_specs(spec):
     """One single-definition Spec per definition, so that one failing definition hides no other."""
-    from compiler.check import Spec
+    from defc.compiler.check import Spec
     out = []
     for i, d in enumerate(spec.definitions):
         base = ("definitions", i)
@@ -748,13 +748,13 @@ def _structure(inst) -> str:
 def render_problems(doc: Located, spec_path: str, specs_dir: str, extra_templates: Sequence[str],
                     models: Optional[Sequence[str]] = None, pattern_candidates=()) -> List[DefcError]:
     """Evaluate and render each definition for every catalogue model (all quantization variants)."""
-    from compiler.check import load_spec
-    from compiler.evaluate import Evaluator
-    from compiler.facts import load_facts, model_env, quant_key
-    from compiler.models import catalogue_slugs, resolve_model
-    from compiler.pipeline import CompileOptions, servings_for
-    from compiler.render import render, template_dirs
-    from compiler.serving import Serving
+    from defc.compiler.check import load_spec
+    from defc.compiler.evaluate import Evaluator
+    from defc.compiler.facts import load_facts, model_env, quant_key
+    from defc.compiler.models import catalogue_slugs, resolve_model
+    from defc.compiler.pipeline import CompileOptions, servings_for
+    from defc.compiler.render import render, template_dirs
+    from defc.compiler.serving import Serving
     probs: List[DefcError] = []
     by_loc: Dict[str, List[str]] = {}
     axis_values: Dict[Tuple[int, str], Set[int]] = {}
@@ -961,8 +961,8 @@ def default_targets(specs_dir: str = SPECS_DIR) -> List[str]:
 def lint(paths: Sequence[str] = (), specs_dir: str = SPECS_DIR, extra_templates: Sequence[str] = (),
          models: Optional[Sequence[str]] = None, render: bool = True) -> List[DefcError]:
     """Every problem of the given spec files (default: all specs and the model facts)."""
-    from compiler.pipeline import spec_paths
-    from compiler.render import template_dirs
+    from defc.compiler.pipeline import spec_paths
+    from defc.compiler.render import template_dirs
     targets: List[str] = []
     if paths:
         for p in paths:

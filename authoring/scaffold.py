@@ -19,10 +19,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from compiler.check import DTYPES, IDENT
-from compiler.errors import DefcError, Location
-from compiler.load import display_path, load_safe_yaml
-from compiler.paths import MODEL_FACTS, SPECS_DIR, TEMPLATES_DIR
+from defc.compiler.check import DTYPES, IDENT
+from defc.compiler.errors import DefcError, Location
+from defc.compiler.load import display_path, load_safe_yaml
+from defc.compiler.paths import MODEL_FACTS, SPECS_DIR, TEMPLATES_DIR
 
 from .lint import tag_problem, universe
 
@@ -139,7 +139,7 @@ def _import_for(api: str):
 
 
 def _resolve(api: str):
-    from compiler.dotted import resolve
+    from defc.compiler.dotted import resolve
     return resolve(api)
 
 
@@ -189,7 +189,7 @@ def _hints() -> Dict[str, dict]:
 
 
 def _known_symbols(specs_dir: str) -> set:
-    from compiler.load import load_yaml
+    from defc.compiler.load import load_yaml
     path = os.path.join(specs_dir, MODEL_FACTS)
     try:
         doc = load_yaml(path, "model facts")
@@ -202,7 +202,7 @@ def _solve_from_constraints(axis: str, consts: Sequence[str], constraints: Seque
     """A formula over const axes for ``axis`` when an equality constraint pins it."""
     import ast
     import sympy
-    from compiler import formula as F
+    from defc.compiler import formula as F
     for c in constraints:
         try:
             tree = ast.parse(str(c), mode="eval").body
@@ -318,7 +318,7 @@ def _definition_from_template(api: str, tmpl, label: str, family: str, known: se
             formula = str(value)
         elif hint and "value" in hint:
             formula = str(hint["value"])
-            from compiler import formula as F
+            from defc.compiler import formula as F
             try:
                 guards.extend(s for s in F.parse(formula).symbols if s not in ("tp", "ep", "dp", "attn_dp"))
             except F.FormulaError:
@@ -461,7 +461,7 @@ def scaffold(name: str, specs_dir: str = SPECS_DIR, templates_dir: str = TEMPLAT
     ref_paths = [os.path.join(templates_dir, r) for r in refs]
     _refuse_existing([spec_path] + ref_paths)
     if write:
-        from compiler.write import atomic_write_text
+        from defc.compiler.write import atomic_write_text
         for p, text in zip([spec_path] + ref_paths, [spec_text] + texts):
             atomic_write_text(p, text)
     return Scaffold(spec_path, ref_paths, spec_text, texts, notes)

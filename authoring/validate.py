@@ -27,9 +27,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from compiler.check import DTYPES
-from compiler.errors import DefcError, Location
-from compiler.load import display_path, load_yaml
+from defc.compiler.check import DTYPES
+from defc.compiler.errors import DefcError, Location
+from defc.compiler.load import display_path, load_yaml
 
 from .lint import fib_definition_error, has_top_level_run, tag_problem
 
@@ -243,7 +243,7 @@ def _indptr_last(node, inputs) -> Optional[str]:
 
 def _axis_expr(node, text: str, axes):
     """A sympy expression when the node is arithmetic over axis names, else None."""
-    from compiler import formula as F
+    from defc.compiler import formula as F
     for sub in ast.walk(node):
         if isinstance(sub, ast.Name) and sub.id not in axes:
             return None
@@ -568,7 +568,7 @@ def report_text(report: Report, run_references: bool) -> str:
 
 def write_report(report: Report, run_references: bool, report_dir: str) -> str:
     """Write report-YYYYMMDD-HHMMSS.{txt,json}; never over an existing file."""
-    from compiler.write import atomic_write_text
+    from defc.compiler.write import atomic_write_text
     os.makedirs(report_dir, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = os.path.join(report_dir, f"report-{stamp}")

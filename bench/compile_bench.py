@@ -62,9 +62,9 @@ def run(cmd, env) -> tuple:
 def fi_trace_worker(out: str) -> dict:
     """(In its own process.)  FlashInfer's .fi_trace() for every catalogue definition with a recipe."""
     sys.path.insert(0, ROOT)
-    from compiler.models import catalogue_slugs
-    from compiler.pipeline import CompileOptions, compile_model
-    from runners.recipes import NoRecipe, calls_for
+    from defc.compiler.models import catalogue_slugs
+    from defc.compiler.pipeline import CompileOptions, compile_model
+    from defc.runners.recipes import NoRecipe, calls_for
     instances = {}
     for slug in catalogue_slugs():
         r = compile_model(CompileOptions(model=slug, quantization=["all"], out=os.path.join(out, "unused")))
@@ -84,9 +84,9 @@ def fi_trace_worker(out: str) -> dict:
     folder = os.path.join(out, "dumps")
     os.makedirs(folder)
     t0 = time.perf_counter()
-    from runners.flashinfer_api import import_flashinfer
-    from runners.replay import trace_call
-    from compiler.write import atomic_write_text
+    from defc.runners.flashinfer_api import import_flashinfer
+    from defc.runners.replay import trace_call
+    from defc.compiler.write import atomic_write_text
     import_flashinfer()
     t_import = time.perf_counter() - t0
     dumped, failed = set(), 0

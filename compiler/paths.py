@@ -1,4 +1,8 @@
-"""Where the project's own data lives (specs, templates, catalogue, schemas)."""
+"""Where the project's own data lives (specs, templates, catalogue, schemas).
+
+In the repository they are top-level folders beside compiler/; in an installed distribution they
+are package data beside defc/compiler/ (pyproject maps the folders under `defc`): either way the
+folder above this package holds them."""
 from __future__ import annotations
 
 import os

@@ -137,7 +137,7 @@ def main(argv=None) -> int:
 
 
 def _run(args, debug: bool) -> int:
-    from compiler.errors import DefcError, DefcErrors
+    from defc.compiler.errors import DefcError, DefcErrors
     try:
         return int(args.func(args) or 0)
     except DefcErrors as e:

@@ -47,9 +47,9 @@ def register(sub) -> None:
 
 
 def options_from(args, model=None):
-    from compiler.paths import DEFAULT_OUT, SPECS_DIR
-    from compiler.pipeline import CompileOptions
-    from compiler.serving import parse_int_list
+    from defc.compiler.paths import DEFAULT_OUT, SPECS_DIR
+    from defc.compiler.pipeline import CompileOptions
+    from defc.compiler.serving import parse_int_list
     from defc.output import comma_list
     return CompileOptions(
         model=model, specs=args.specs, config=args.config, hf_repo_id=args.hf_repo_id,
@@ -64,9 +64,9 @@ def check_quantization(words, specs_dir):
     maps to), or a variant some spec declares; anything else is an error, not an empty compile."""
     import glob
     import os
-    from compiler.errors import DefcError
-    from compiler.facts import load_facts
-    from compiler.load import load_yaml
+    from defc.compiler.errors import DefcError
+    from defc.compiler.facts import load_facts
+    from defc.compiler.load import load_yaml
     if not words:
         return
     names = load_facts(specs_dir).quant_names
@@ -91,8 +91,8 @@ def check_quantization(words, specs_dir):
 def models_from(args):
     """The --model values, or the catalogue for --all-models; several models only by catalogue
     slug, path or repo id (--config and --hf-repo-id name one model)."""
-    from compiler.errors import DefcError
-    from compiler.models import catalogue_slugs
+    from defc.compiler.errors import DefcError
+    from defc.compiler.models import catalogue_slugs
     models = list(args.model or [])
     if args.all_models:
         if models:
@@ -106,8 +106,8 @@ def models_from(args):
 
 def with_revision(args, models):
     """--revision goes onto the one Hub model named (--hf-repo-id, else --model): org/name@REV."""
-    from compiler.errors import DefcError
-    from compiler.models import with_revision as at_revision
+    from defc.compiler.errors import DefcError
+    from defc.compiler.models import with_revision as at_revision
     rev = getattr(args, "revision", None)
     if rev is None:
         return models
@@ -125,8 +125,8 @@ def with_revision(args, models):
 def check_op_types(words, specs_dir):
     """Every --op-types word must be an op_type some spec declares; a family (spec) name that is
     not one is pointed at its op_types and at naming the spec instead."""
-    from compiler.errors import DefcError
-    from compiler.pipeline import load_specs, op_types_of, spec_paths
+    from defc.compiler.errors import DefcError
+    from defc.compiler.pipeline import load_specs, op_types_of, spec_paths
     if not words:
         return
     by_family = {spec.family: op_types_of(spec) for spec in load_specs(spec_paths((), specs_dir))}
@@ -144,8 +144,8 @@ def _why_nothing(results, opts, models):
     """Why named specs or --op-types selected nothing: (errors when the whole compile is empty,
     else notes).  A named spec is evaluated again only for a model where it yielded nothing."""
     from dataclasses import replace
-    from compiler.load import display_path
-    from compiler.pipeline import load_specs, op_types_of, spec_paths, spec_uses
+    from defc.compiler.load import display_path
+    from defc.compiler.pipeline import load_specs, op_types_of, spec_paths, spec_uses
     reasons = []
     emitted = {p.doc.get("op_type") for r in results for p in r.planned}
     if opts.specs:
@@ -170,7 +170,7 @@ def _why_nothing(results, opts, models):
                 reasons.append(f"{display_path(spec.path)} does not apply to {', '.join(slugs)}: {w}")
     missing = [t for t in opts.op_types or [] if t not in emitted]
     if missing:
-        from compiler.pipeline import compile_models
+        from defc.compiler.pipeline import compile_models
         unfiltered = compile_models(models, replace(opts, op_types=None))     # what there is (nothing written)
         have = sorted({p.doc.get("op_type") for r in unfiltered for p in r.planned} - {None}) or ["none"]
         slugs = ", ".join(r.model.slug for r in results)
@@ -180,9 +180,9 @@ def _why_nothing(results, opts, models):
 
 
 def run(args) -> int:
-    from compiler.errors import DefcError, DefcErrors
-    from compiler.pipeline import compile_models, write_planned_many
-    from compiler.write import WRITES
+    from defc.compiler.errors import DefcError, DefcErrors
+    from defc.compiler.pipeline import compile_models, write_planned_many
+    from defc.compiler.write import WRITES
     from defc.output import verbosity
     v = verbosity(args)
     models = models_from(args)
@@ -252,9 +252,9 @@ def _print_findings(found, v: int) -> None:
 
 def _explain(results, opts) -> None:
     """Every config key of each model and what became of it, then the model's findings."""
-    from compiler.diagnose import key_report
-    from compiler.facts import load_facts, model_env
-    from compiler.pipeline import CompileRun, spec_paths
+    from defc.compiler.diagnose import key_report
+    from defc.compiler.facts import load_facts, model_env
+    from defc.compiler.pipeline import CompileRun, spec_paths
     from defc.output import table
     facts = load_facts(opts.specs_dir)
     specs = CompileRun().specs(spec_paths(opts.specs, opts.specs_dir))

@@ -35,7 +35,7 @@ def register(sub) -> None:
 
 
 def registry_for(args):
-    from authoring.coverage import registry
+    from defc.authoring.coverage import registry
     return registry({"auto": None, "live": True, "bundled": False}[args.fi_registry])
 
 
@@ -47,8 +47,8 @@ def report_problems(problems) -> int:
 
 def emit(text: str, path, quiet: bool = False) -> None:
     if path:
-        from compiler.load import display_path
-        from compiler.write import atomic_write_text
+        from defc.compiler.load import display_path
+        from defc.compiler.write import atomic_write_text
         atomic_write_text(path, text)
         if not quiet:
             print(f"wrote {display_path(path)}")
@@ -58,12 +58,12 @@ def emit(text: str, path, quiet: bool = False) -> None:
 
 def run(args) -> int:
     import json
-    from authoring import coverage as C
-    from compiler.paths import DEFAULT_OUT, SPECS_DIR
+    from defc.authoring import coverage as C
+    from defc.compiler.paths import DEFAULT_OUT, SPECS_DIR
     from defc.output import comma_list
     if args.write_fi_api_list:
         reg = C.write_bundled()
-        from compiler.load import display_path
+        from defc.compiler.load import display_path
         if not args.quiet:
             print(f"wrote {display_path(C.BUNDLED_APIS)}: {len(reg.traced)} traced API names, "
                   f"{len(reg.untraced)} without a template ({reg.source})")

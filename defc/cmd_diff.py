@@ -46,11 +46,11 @@ def explained(row) -> bool:
 
 
 def run(args) -> int:
-    from compiler.predictions import compile_predictions
-    from compiler.serving import parse_int_list
+    from defc.compiler.predictions import compile_predictions
+    from defc.compiler.serving import parse_int_list
     from defc.output import comma_list, emit_json, table, verbosity
-    from runners.common import find_dump_sets
-    from runners.diff import describe_diff, diff
+    from defc.runners.common import find_dump_sets
+    from defc.runners.diff import describe_diff, diff
     sets = []
     for path in args.paths:
         sets.extend(find_dump_sets(path, args.model))

@@ -18,8 +18,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import json
-    from authoring import coverage as C
-    from compiler.paths import DEFAULT_OUT, SPECS_DIR
+    from defc.authoring import coverage as C
+    from defc.compiler.paths import DEFAULT_OUT, SPECS_DIR
     from defc.cmd_coverage import emit, registry_for, report_problems
     from defc.output import comma_list
     dataset = args.dataset or DEFAULT_OUT

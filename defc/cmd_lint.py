@@ -24,8 +24,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from authoring.lint import lint
-    from compiler.paths import SPECS_DIR
+    from defc.authoring.lint import lint
+    from defc.compiler.paths import SPECS_DIR
     from defc.output import comma_list, emit_json, verbosity
     problems = lint(args.specs, specs_dir=args.specs_dir or SPECS_DIR, extra_templates=args.templates,
                     models=comma_list(args.models), render=not args.no_render)

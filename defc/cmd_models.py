@@ -14,9 +14,9 @@ def register(sub) -> None:
 
 
 def run_models(args) -> int:
-    from compiler.facts import load_facts, model_env, quant_key
-    from compiler.models import catalogue_slugs, load_catalogue_entry
-    from compiler.serving import Serving, default_servings, rows_for
+    from defc.compiler.facts import load_facts, model_env, quant_key
+    from defc.compiler.models import catalogue_slugs, load_catalogue_entry
+    from defc.compiler.serving import Serving, default_servings, rows_for
     from defc.output import emit_json, table
     facts = load_facts()
     rows = []
@@ -36,7 +36,7 @@ def run_models(args) -> int:
 
 
 def run_snapshot(args) -> int:
-    from compiler.serving import read_cookbook, write_snapshot, SNAPSHOT
+    from defc.compiler.serving import read_cookbook, write_snapshot, SNAPSHOT
     rows = read_cookbook(args.cookbook)
     n = write_snapshot(rows, args.source or args.cookbook)
     if not args.quiet:

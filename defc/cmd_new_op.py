@@ -18,9 +18,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from compiler.load import display_path
-    from compiler.paths import SPECS_DIR, TEMPLATES_DIR
-    from authoring.scaffold import scaffold
+    from defc.compiler.load import display_path
+    from defc.compiler.paths import SPECS_DIR, TEMPLATES_DIR
+    from defc.authoring.scaffold import scaffold
     specs_dir = args.specs_dir or SPECS_DIR
     templates_dir = args.templates_dir or TEMPLATES_DIR
     sc = scaffold(args.name, specs_dir, templates_dir, args.from_fi_api, write=not args.dry_run)

@@ -32,10 +32,10 @@ def register(sub) -> None:
 
 def tags_for(ds, args, cache):
     """model/tp/ep/quantization for one dump set, from the options or its pass marker."""
-    from compiler.errors import DefcError, Location
-    from compiler.load import display_path
-    from runners.common import quant_key_of, resolve_model_and_quant
-    from runners.stage import default_tags
+    from defc.compiler.errors import DefcError, Location
+    from defc.compiler.load import display_path
+    from defc.runners.common import quant_key_of, resolve_model_and_quant
+    from defc.runners.stage import default_tags
     m = ds.marker or {}
     model = args.model or m.get("model")
     if not model:
@@ -54,7 +54,7 @@ def tags_for(ds, args, cache):
 
 
 def stage_sets(sets, args, out, dry_run, progress_label=None):
-    from runners.stage import stage_docs
+    from defc.runners.stage import stage_docs
     items = []
     cache = {}
     for ds in sets:
@@ -67,7 +67,7 @@ def stage_sets(sets, args, out, dry_run, progress_label=None):
 
 def print_items(items, out, dry_run, file=None):
     from defc.output import table
-    from runners.stage import describe
+    from defc.runners.stage import describe
     file = file or sys.stdout
     rows = [i.row() for i in items]
     table(["status", "op_type", "name", "dumped as", "rules", "detail"],
@@ -79,8 +79,8 @@ def print_items(items, out, dry_run, file=None):
 
 def run(args) -> int:
     from defc.output import emit_json
-    from runners.common import DEFAULT_STAGED, find_dump_sets
-    from runners.stage import describe, problems
+    from defc.runners.common import DEFAULT_STAGED, find_dump_sets
+    from defc.runners.stage import describe, problems
     out = args.out or DEFAULT_STAGED
     sets = []
     for d in args.dumps:

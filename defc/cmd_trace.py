@@ -40,7 +40,7 @@ def register(sub) -> None:
 
 
 def _engine_extra(items):
-    from compiler.errors import DefcError
+    from defc.compiler.errors import DefcError
     out = {}
     for it in items:
         if "=" not in it:
@@ -58,9 +58,9 @@ def _engine_extra(items):
 
 def _combos(info, args, quant):
     """Unique (tp, ep) pairs: the options', else the cookbook's serving configs."""
-    from compiler.facts import load_facts
-    from compiler.pipeline import CompileOptions, servings_for
-    from compiler.serving import parse_int_list
+    from defc.compiler.facts import load_facts
+    from defc.compiler.pipeline import CompileOptions, servings_for
+    from defc.compiler.serving import parse_int_list
     opts = CompileOptions(model=args.model, tp=parse_int_list(args.tp, "--tp"), ep=parse_int_list(args.ep, "--ep"),
                           quantization=[quant] if quant else None)
     servings, _ = servings_for(info, opts, load_facts())
@@ -87,10 +87,10 @@ class _PassLines:
 
 
 def _run_passes(plans, args, info, explicit_q, compiled, progress):
-    from compiler.errors import DefcError
-    from compiler.load import display_path
+    from defc.compiler.errors import DefcError
+    from defc.compiler.load import display_path
     from defc.output import comma_list
-    from runners import trace as T
+    from defc.runners import trace as T
     results = []
     for k, p in enumerate(plans):
         progress.bar.start(p.label())
@@ -103,7 +103,7 @@ def _run_passes(plans, args, info, explicit_q, compiled, progress):
                                     sampling_params=dict(cfg.get("sampling_params") or {}),
                                     grace=float(cfg.get("kill_grace_s") or 10), progress=progress, index=idx)
         elif p.backend == "flashinfer":
-            from runners.verify_dump import run_flashinfer_pass
+            from defc.runners.verify_dump import run_flashinfer_pass
             res = run_flashinfer_pass(p, info.slug, explicit_q, comma_list(args.specs) or (),
                                       float(args.timeout or 1800), progress, idx)
         else:
@@ -119,12 +119,12 @@ def _run_passes(plans, args, info, explicit_q, compiled, progress):
 
 
 def run(args) -> int:
-    from compiler.errors import DefcError
-    from compiler.load import display_path
-    from compiler.serving import parse_int_list
+    from defc.compiler.errors import DefcError
+    from defc.compiler.load import display_path
+    from defc.compiler.serving import parse_int_list
     from defc.output import Progress, emit_json, table, verbosity
-    from runners.common import DEFAULT_DUMPS, DEFAULT_STAGED, find_dump_sets, quant_key_of, resolve_model_and_quant
-    from runners import trace as T
+    from defc.runners.common import DEFAULT_DUMPS, DEFAULT_STAGED, find_dump_sets, quant_key_of, resolve_model_and_quant
+    from defc.runners import trace as T
 
     info, own_q = resolve_model_and_quant(args.model)
     explicit_q = quant_key_of(args.quantization)
@@ -145,7 +145,7 @@ def run(args) -> int:
         plans = T.plan_passes(info.slug, combos, page_sizes, dumps, "sglang", quant, model_path,
                               _engine_extra(args.engine_arg), explicit_quant=bool(explicit_q))
     else:
-        from compiler.predictions import compile_predictions
+        from defc.compiler.predictions import compile_predictions
         from defc.output import comma_list
         specs = comma_list(args.specs) or ()
         for tp, ep in combos:
@@ -195,7 +195,7 @@ def run(args) -> int:
         staged = stage_sets(sets, _A, out, dry_run=False)
 
     failed = [r for r in results if r.status not in ("ok", "partial")]
-    from runners.stage import problems
+    from defc.runners.stage import problems
     if args.format == "json":
         emit_json({"model": info.slug, "backend": args.backend, "out": out,
                    "passes": [{"pass": r.plan.label(), "folder": r.plan.folder, "status": r.status,

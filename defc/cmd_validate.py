@@ -28,8 +28,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import os
-    from compiler.paths import DEFAULT_OUT
-    from authoring.validate import DEFAULT_MAX_NUMEL, validate_dataset, write_report
+    from defc.compiler.paths import DEFAULT_OUT
+    from defc.authoring.validate import DEFAULT_MAX_NUMEL, validate_dataset, write_report
     from defc.output import Progress, comma_list, emit_json, verbosity
     v = verbosity(args)
     root = args.dataset or DEFAULT_OUT

@@ -53,10 +53,10 @@ def _nothing_selected(opts, compiled) -> None:
     """--op-types/--specs/--definitions selected nothing: an error naming what there is (and, for a
     named spec, its requires formula when that is why)."""
     from dataclasses import replace
-    from compiler.errors import DefcError
-    from compiler.load import display_path
-    from compiler.pipeline import CompileOptions, spec_uses
-    from runners.verify import compile_for
+    from defc.compiler.errors import DefcError
+    from defc.compiler.load import display_path
+    from defc.compiler.pipeline import CompileOptions, spec_uses
+    from defc.runners.verify import compile_for
     _, every = compile_for(replace(opts, op_types=None, specs=(), names=None))
     slug = compiled.model.slug
     why = []
@@ -73,12 +73,12 @@ def _nothing_selected(opts, compiled) -> None:
 
 
 def run(args) -> int:
-    from compiler.errors import DefcError
-    from compiler.serving import parse_int_list
+    from defc.compiler.errors import DefcError
+    from defc.compiler.serving import parse_int_list
     from defc import __version__
     from defc.output import Progress, comma_list, verbosity
-    from runners.verify import VerifyOptions, compile_for, verify_model
-    from runners.verify_report import environment, now_iso, report_data, summary, write_report
+    from defc.runners.verify import VerifyOptions, compile_for, verify_model
+    from defc.runners.verify_report import environment, now_iso, report_data, summary, write_report
 
     device = args.device
     if device != "cpu" and not device.startswith("cuda"):

@@ -22,12 +22,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from compiler.errors import DefcError, Location
-from compiler.facts import load_facts, model_env, quant_key
-from compiler.load import MAX_NESTING, display_path, nesting_depth_problem, read_bytes
-from compiler.models import resolve_model
-from compiler.serving import Serving
-from compiler.write import atomic_write_text
+from defc.compiler.errors import DefcError, Location
+from defc.compiler.facts import load_facts, model_env, quant_key
+from defc.compiler.load import MAX_NESTING, display_path, nesting_depth_problem, read_bytes
+from defc.compiler.models import resolve_model
+from defc.compiler.serving import Serving
+from defc.compiler.write import atomic_write_text
 
 RUNNERS_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DUMPS = os.path.join("tmp", "dumps")

@@ -21,9 +21,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from compiler import formula as F
-from compiler.errors import DefcError
-from compiler.load import display_path, load_safe_yaml, load_yaml
+from defc.compiler import formula as F
+from defc.compiler.errors import DefcError
+from defc.compiler.load import display_path, load_safe_yaml, load_yaml
 
 from .common import DumpSet, data_file
 from .flashinfer_api import import_flashinfer, resolve_api

@@ -7,8 +7,8 @@ import importlib
 import inspect
 import os
 
-from compiler.dotted import DottedNameError, locate
-from compiler.errors import DefcError
+from defc.compiler.dotted import DottedNameError, locate
+from defc.compiler.errors import DefcError
 
 
 def import_flashinfer():

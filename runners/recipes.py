@@ -28,8 +28,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from compiler import formula as F
-from compiler.errors import DefcError, Location
+from defc.compiler import formula as F
+from defc.compiler.errors import DefcError, Location
 
 DEFAULT_VAR = 4
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")

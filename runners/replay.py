@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from compiler.errors import DefcError
-from compiler.write import atomic_write_text, check_component
+from defc.compiler.errors import DefcError
+from defc.compiler.write import atomic_write_text, check_component
 
 from .flashinfer_api import NoDumpEnv, import_flashinfer, resolve_api
 from .recipes import Call, NoRecipe, bind_like_dumper, calls_for, materialize

@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple
 
-from compiler import formula as F
-from compiler.errors import DefcError, Location
-from compiler.load import Located, load_yaml
+from defc.compiler import formula as F
+from defc.compiler.errors import DefcError, Location
+from defc.compiler.load import Located, load_yaml
 
 SECTIONS = ("inputs", "outputs", "axes")
 RULE_KEYS = {"name", "why", "when", "each", "name_pattern", "skip", "set_axes", "set", "rename_function",

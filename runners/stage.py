@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from compiler.errors import DefcError
-from compiler.load import display_path
-from compiler.write import WRITES, DatasetLock, apply, check_component, plan
+from defc.compiler.errors import DefcError
+from defc.compiler.load import display_path
+from defc.compiler.write import WRITES, DatasetLock, apply, check_component, plan
 
 from .common import DumpSet, data_file
 from .rules import Outcome, apply_rules, load_rules

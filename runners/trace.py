@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from compiler.errors import DefcError, Location
-from compiler.load import display_path, load_safe_yaml
-from compiler.paths import PROJECT_ROOT
+from defc.compiler.errors import DefcError, Location
+from defc.compiler.load import display_path, load_safe_yaml
+from defc.compiler.paths import PROJECT_ROOT
 
 from .common import (LOG, MARKER, PHASE, REQUEST, data_file, now, pass_folder_name, prepare_pass_folder,
                      read_marker, write_json)
@@ -256,7 +256,7 @@ def run_sglang_pass(p: PassPlan, model: str, *, python: str, timeout: float, che
     describe = lambda elapsed: (f"{index}{p.label()}  {_read_phase(folder) or 'starting'}  "
                                 f"{int(elapsed)}s  {count_dumps(folder)} dumps")
     status, detail, rc, log_path = run_pass_process(
-        folder, "runners.sglang_pass", req_path, python, timeout, grace, marker, started,
+        folder, "defc.runners.sglang_pass", req_path, python, timeout, grace, marker, started,
         progress=progress, describe=describe, header=header,
         on_interrupt=lambda: {"phase": _read_phase(folder)})
     phase = _read_phase(folder)

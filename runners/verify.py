@@ -39,7 +39,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from compiler.predictions import compile_predictions
+from defc.compiler.predictions import compile_predictions
 
 from .verify_calls import api_object, arg_after_call, device_copies, kernel_call_args, resolve_args
 from .verify_compare import OutputCheck, compare, tolerance_for

@@ -11,7 +11,7 @@ import math
 import re
 from typing import Any, Dict, List, Tuple
 
-from compiler.errors import DefcError
+from defc.compiler.errors import DefcError
 
 from .recipes import NoRecipe, SeqArg, TensorArg, calls_for
 from .verify_inputs import Case, NotRun, RecipeError, formula_value, int_value, torch_dtype, truth

@@ -19,8 +19,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from compiler.paths import PROJECT_ROOT
-from compiler.predictions import compile_predictions
+from defc.compiler.paths import PROJECT_ROOT
+from defc.compiler.predictions import compile_predictions
 
 from .common import LOG, MARKER, REQUEST, now, write_json
 from .trace import PassResult, count_dumps, run_pass_process, start_pass
@@ -125,7 +125,7 @@ def run_flashinfer_pass(p, model: str, quantization: Optional[str], specs=(), ti
     write_json(req_path, req)
     describe = lambda elapsed: f"{index}{p.label()}  flashinfer  {int(elapsed)}s  {count_dumps(folder)} dumps"
     status, detail, rc, log_path = run_pass_process(
-        folder, "runners.verify_dump", req_path, sys.executable, timeout, 10.0, marker, started,
+        folder, "defc.runners.verify_dump", req_path, sys.executable, timeout, 10.0, marker, started,
         progress=progress, describe=describe, cwd=PROJECT_ROOT)
     records = []
     rp = os.path.join(folder, RECORDS)

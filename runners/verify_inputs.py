@@ -9,10 +9,10 @@ import random
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from authoring.validate import Unsolvable, choose_axes, numel
-from compiler import formula as F
-from compiler.errors import DefcError
-from compiler.load import load_safe_yaml
+from defc.authoring.validate import Unsolvable, choose_axes, numel
+from defc.compiler import formula as F
+from defc.compiler.errors import DefcError
+from defc.compiler.load import load_safe_yaml
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "verify.yaml")
 

@@ -9,8 +9,8 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from compiler.paths import PROJECT_ROOT
-from compiler.write import atomic_write_text
+from defc.compiler.paths import PROJECT_ROOT
+from defc.compiler.write import atomic_write_text
 
 from .verify_calls import fi_version
 from .verify_compare import OutputCheck

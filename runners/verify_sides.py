@@ -9,7 +9,7 @@ import inspect
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from compiler.errors import DefcError
+from defc.compiler.errors import DefcError
 
 from .flashinfer_api import NoDumpEnv, import_flashinfer, resolve_api
 from .verify_calls import api_object, arg_after_call, device_copies, kernel_call_args, recipe_args, resolve_args

@@ -24,8 +24,8 @@ sys.path.insert(0, ROOT)
 
 # what the cases use, imported once here instead of once per case
 import defc.cli  # noqa: E402
-import compiler.pipeline  # noqa: E402,F401
-import compiler.check  # noqa: E402,F401
+import defc.compiler.pipeline  # noqa: E402,F401
+import defc.compiler.check  # noqa: E402,F401
 import jinja2  # noqa: E402,F401
 import sympy  # noqa: E402,F401
 import ruamel.yaml  # noqa: E402,F401

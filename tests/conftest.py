@@ -16,7 +16,7 @@ if ROOT not in sys.path:
 
 def compile_defs(tmp_path, model, specs=(), tp=None, ep=None, dp=None, quantization=None, op_types=None):
     """Compile and write; return {name: definition dict} of what is on disk."""
-    from compiler.pipeline import CompileOptions, compile_model, write_planned
+    from defc.compiler.pipeline import CompileOptions, compile_model, write_planned
     out = os.path.join(str(tmp_path), "ds")
     opts = CompileOptions(model=model, specs=list(specs), tp=tp, ep=ep, dp=dp,
                           quantization=quantization, op_types=op_types, out=out)
@@ -52,7 +52,7 @@ def load_reference(defn):
 def compile_planned(tmp, model, specs, **kw):
     """Compile without writing, at tp 1 (shapes that do not depend on serving configs) unless told
     otherwise; return ({name: definition}, {name: first evaluated instance})."""
-    from compiler.pipeline import CompileOptions, compile_model
+    from defc.compiler.pipeline import CompileOptions, compile_model
     kw.setdefault("tp", [1])
     res = compile_model(CompileOptions(model=model, specs=list(specs), out=os.path.join(str(tmp), "ds"), **kw))
     return ({p.doc["name"]: p.doc for p in res.planned}, {n: insts[0] for n, insts in res.instances.items()})

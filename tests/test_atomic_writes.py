@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from compiler import cache
-from compiler import write as W
-from compiler.errors import DefcError
-from compiler.paths import MODEL_FACTS, PROJECT_ROOT, SPECS_DIR
+from defc.compiler import cache
+from defc.compiler import write as W
+from defc.compiler.errors import DefcError
+from defc.compiler.paths import MODEL_FACTS, PROJECT_ROOT, SPECS_DIR
 from defc.cli import main
 
 SWEEP_SPEC = """\

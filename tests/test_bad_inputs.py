@@ -33,7 +33,7 @@ import sys
 
 import pytest
 
-from compiler.paths import MODEL_FACTS, PROJECT_ROOT, SPECS_DIR
+from defc.compiler.paths import MODEL_FACTS, PROJECT_ROOT, SPECS_DIR
 from defc.cli import main
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bad_inputs")
@@ -249,8 +249,7 @@ def test_debug_shows_the_traceback(name, tmp_path, monkeypatch, capsys):
 
 def test_internal_errors_are_one_line_without_debug(tmp_path, monkeypatch, capsys):
     """A bug (not bad input) is still one line, pointing at --debug; with --debug, the traceback."""
-    import compiler.pipeline as P
-
+    import defc.compiler.pipeline as P
     def boom(models, opts):
         raise RuntimeError("simulated bug")
     monkeypatch.setattr(P, "compile_models", boom)

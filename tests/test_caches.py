@@ -13,8 +13,8 @@ import shutil
 
 import pytest
 
-from compiler import pipeline as P
-from compiler.paths import SPECS_DIR, TEMPLATES_DIR
+from defc.compiler import pipeline as P
+from defc.compiler.paths import SPECS_DIR, TEMPLATES_DIR
 from defc.cli import main
 
 # models that share definitions (tag merges) and some that do not
@@ -94,7 +94,7 @@ def test_multi_model_compile_is_sequential_compile(tmp_path, force):
 
 
 def test_multi_model_compile_writes_each_file_once(tmp_path, monkeypatch):
-    from compiler import write as W
+    from defc.compiler import write as W
     written = []
     real = W.atomic_write_many
 
@@ -209,7 +209,7 @@ def test_parse_cache_gives_the_data_and_positions_of_a_fresh_parse(tmp_path, mon
     """Every spec and the model facts, parsed by ruamel and read back from the parse cache (whose
     positions are parsed only when an error needs them): the same data and the same locations."""
     import glob
-    from compiler import load
+    from defc.compiler import load
     for path in sorted(glob.glob(os.path.join(SPECS_DIR, "*.yaml"))):
         fresh = load.load_yaml(path)
         cached = load.load_yaml(path)
@@ -236,7 +236,7 @@ def test_error_from_a_cached_spec_is_located_as_from_a_fresh_one(tmp_path, capsy
 def test_a_text_that_passed_its_schema_is_not_validated_again(tmp_path, monkeypatch):
     """schema_errors remembers (parse cache, by text digest) a text that passed; one that failed is
     validated, and its errors reported, every time."""
-    from compiler import check, load
+    from defc.compiler import check, load
     validated = []
     real = check._validator
     monkeypatch.setattr(check, "_validator", lambda name: validated.append(name) or real(name))

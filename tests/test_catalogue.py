@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from compiler.models import catalogue_slugs
-from compiler.pipeline import CompileOptions, compile_model, write_planned
+from defc.compiler.models import catalogue_slugs
+from defc.compiler.pipeline import CompileOptions, compile_model, write_planned
 
 
 @pytest.fixture(scope="module")

@@ -48,9 +48,9 @@ def test_catalogue_output_is_the_recorded_one(mode, extra, tmp_path, monkeypatch
 def check_manifest(out, files):
     """manifest.json names every catalogue model, with its catalogue file's digest, and the files
     each produced: together exactly the files written."""
-    from compiler.manifest import file_sha256
-    from compiler.models import catalogue_slugs
-    from compiler.paths import PROJECT_ROOT
+    from defc.compiler.manifest import file_sha256
+    from defc.compiler.models import catalogue_slugs
+    from defc.compiler.paths import PROJECT_ROOT
     with open(os.path.join(out, "manifest.json"), encoding="utf-8") as fh:
         man = json.load(fh)
     assert sorted(man["models"]) == catalogue_slugs()

@@ -58,14 +58,20 @@ def test_compile_prints_a_summary_per_file_lines_with_verbose_and_nothing_with_q
 
 
 def test_unknown_config_keys_are_one_line_per_model_unless_verbose_and_survive_quiet(tmp_path, capsys):
-    argv = ["compile", "rmsnorm", "--model", "minimax-m2", "--dry-run"]
+    import json
+    from defc.compiler.models import resolve_model
+    config = dict(resolve_model("llama-3.1-8b", None, None).config, alpha_knob=1, beta_knob=2, gamma_knob=3)
+    folder = tmp_path / "odd-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    argv = ["compile", "rmsnorm", "--model", str(folder / "config.json"), "--dry-run"]
     code, text, err = run(capsys, *argv, "-q")
     assert code == 0 and "status  op_type" in text              # -q: a dry run still shows its table
     warned = [line for line in err.splitlines() if "unknown" in line]
     code, text, err = run(capsys, *argv, "-v")
     each = [line for line in err.splitlines() if "is unknown" in line]          # -v: one line per key
-    assert len(each) >= 3 and len(warned) == 1 and warned[0].startswith("defc: warning: minimax-m2: ")
-    assert f"{len(each)} config keys are unknown (" in warned[0] and "attn_type_list, mlp_intermediate_size" in warned[0]
+    assert len(each) == 3 and len(warned) == 1 and warned[0].startswith("defc: warning: odd-model: ")
+    assert "3 config keys are unknown (alpha_knob, beta_knob, gamma_knob)" in warned[0]
 
 
 # -- a filter that selects nothing is an error naming what exists ---------------------------------
@@ -104,7 +110,7 @@ def test_a_named_spec_that_does_not_apply_says_its_requires(tmp_path, capsys):
 
 
 def test_spec_uses_reports_requires_per_spec():
-    from compiler.pipeline import CompileOptions, spec_uses
+    from defc.compiler.pipeline import CompileOptions, spec_uses
     uses = {u.family: u for u in spec_uses(CompileOptions(model="llama-3.1-8b", specs=["moe", "rmsnorm"]))}
     assert uses["moe"].definitions == 0 and uses["moe"].requires == "is_moe"
     assert uses["rmsnorm"].definitions > 0 and uses["rmsnorm"].requires is None

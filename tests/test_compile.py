@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from compiler.paths import SPECS_DIR
+from defc.compiler.paths import SPECS_DIR
 from defc.cli import main
 
 HEADS_SPEC = """\

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from compiler import cache
-from compiler import write as W
-from compiler.load import display_path
-from compiler.paths import MODEL_FACTS, PROJECT_ROOT, SPECS_DIR
+from defc.compiler import cache
+from defc.compiler import write as W
+from defc.compiler.load import display_path
+from defc.compiler.paths import MODEL_FACTS, PROJECT_ROOT, SPECS_DIR
 from defc.cli import main
 
 # four models whose definitions overlap (rmsnorm, gemm, attention shapes, ...): most files are
@@ -174,7 +174,7 @@ def test_two_different_definitions_of_one_name_race_and_one_collision_is_reporte
 def test_a_compile_that_planned_before_another_wrote_replans_under_the_lock(tmp_path, probe_specs, capsys):
     """Deterministic version of the race: the other compile writes between this one's planning and
     its write step; the write step plans again and reports the collision instead of replacing."""
-    from compiler import pipeline as P
+    from defc.compiler import pipeline as P
     out = str(tmp_path / "out")
     opts = P.CompileOptions(model="qwen3-14b", specs_dir=probe_specs, out=out)
     results = P.compile_models(["qwen3-14b"], opts)

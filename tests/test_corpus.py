@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 import pytest
 import yaml
 
-from compiler import pipeline as P
+from defc.compiler import pipeline as P
 
 CORPUS = os.path.join(os.path.dirname(__file__), "corpus")
 SLUGS = sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(CORPUS, "*", "facts.yaml")))

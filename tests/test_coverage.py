@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from authoring import coverage as C
-from compiler.models import catalogue_slugs
+from defc.authoring import coverage as C
+from defc.compiler.models import catalogue_slugs
 from conftest import ROOT
 from defc.cli import main
 

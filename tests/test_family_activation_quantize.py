@@ -75,7 +75,7 @@ def _corpus(slug):
 
 
 def _planned(tmp_path, model, spec, tp=(1,)):
-    from compiler.pipeline import CompileOptions, compile_model
+    from defc.compiler.pipeline import CompileOptions, compile_model
     return compile_model(CompileOptions(model=model, specs=[spec], tp=list(tp), out=str(tmp_path / "o")))
 
 
@@ -180,7 +180,7 @@ def test_activation_reference(tmp_path, model, name, torch_act, fi_ref):
 def test_gelu_and_mul_reference(tmp_path):
     """Exact-GeLU models: a catalogue config with hidden_act 'gelu' gets gelu_and_mul."""
     import json
-    from compiler.models import load_catalogue_entry
+    from defc.compiler.models import load_catalogue_entry
     cfg = dict(load_catalogue_entry("llama-3.2-3b").config, hidden_act="gelu")
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "config.json").write_text(json.dumps(cfg))

@@ -16,7 +16,7 @@ SPECS = ["cascade", "page"]
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    from compiler import serving
+    from defc.compiler import serving
     cache = {}
     mp = pytest.MonkeyPatch()   # the cookbook snapshot does not change within a test run
     mp.setattr(serving, "load_snapshot", functools.lru_cache(maxsize=None)(serving.load_snapshot))

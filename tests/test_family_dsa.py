@@ -272,7 +272,7 @@ def test_agrees_with_flashinfer_templates(v32, page_size, tmp_path):
                       workspace_buffer=meta((1024,), "uint8"), qk_nope_head_dim=128, kv_lora_rank=512,
                       qk_rope_head_dim=64, block_tables=meta((2, 1, 2048), "int32"),
                       seq_lens=meta((2,), "int32"), max_seq_len=4096, sparse_mla_top_k=2048)
-    from compiler.pipeline import CompileOptions, compile_model
+    from defc.compiler.pipeline import CompileOptions, compile_model
     res = compile_model(CompileOptions(model="deepseek-v3.2", specs=["dsa_paged"], tp=[8], out=str(tmp_path)))
     aliases = res.instances[ours["name"]][0].aliases
     assert [(a["name"], a["op_type"]) for a in aliases] == [(dumped["name"], dumped["op_type"])]

@@ -282,7 +282,7 @@ def _corpus(slug):
 
 def _compile(tmp, model, specs, tp):
     """({name: definition}, findings) without writing."""
-    from compiler.pipeline import CompileOptions, compile_model
+    from defc.compiler.pipeline import CompileOptions, compile_model
     res = compile_model(CompileOptions(model=str(model), specs=list(specs), tp=list(tp), out=str(tmp / "ds")))
     return {p.doc["name"]: p.doc for p in res.planned}, res.findings
 

@@ -288,7 +288,7 @@ def test_missing_hidden_size_is_a_one_line_gap(tmp_path):
     """A config without hidden_size: the gemm family is not compiled, and the gap names the field and
     the spec line (one line), instead of emitting anything."""
     import json
-    from compiler.pipeline import CompileOptions, compile_model
+    from defc.compiler.pipeline import CompileOptions, compile_model
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_attention_heads": 4,
            "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128, "vocab_size": 100}
     path = tmp_path / "config.json"

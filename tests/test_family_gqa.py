@@ -18,7 +18,7 @@ LN2 = math.log(2.0)
 def compiled(tmp_path_factory):
     """compiled(model, **serving) -> {name: definition}, each call in its own output folder."""
     import functools
-    from compiler import serving
+    from defc.compiler import serving
     cache = {}
     # Reading the bundled cookbook snapshot costs ~1 s a compile; it does not change within a test run.
     mp = pytest.MonkeyPatch()

@@ -48,7 +48,7 @@ def test_only_mamba_models(tmp_path):
 
 def test_unsupported_shape_is_unverified(tmp_path):
     """head_dim 96 is outside FlashInfer's {64, 128, 256}: same definition, no fi_api."""
-    from compiler.models import load_catalogue_entry
+    from defc.compiler.models import load_catalogue_entry
     cfg = dict(load_catalogue_entry(MODEL).config, mamba_head_dim=96)
     path = tmp_path / "cfg"
     path.mkdir()
@@ -199,7 +199,7 @@ def test_corpus_nemotron3_nano_per_tp(tmp_path):
 def test_groups_and_pattern(tmp_path):
     """One B/C group is replicated on every rank (SGLang: n_groups % tp == 0 or n_groups == 1); a
     hybrid_override_pattern without M has no Mamba layer."""
-    from compiler.models import load_catalogue_entry
+    from defc.compiler.models import load_catalogue_entry
     base = load_catalogue_entry(MODEL).config
     for name, cfg in {"one": dict(base, n_groups=1),
                       "nomamba": dict(base, hybrid_override_pattern=base["hybrid_override_pattern"].replace("M", "-"))}.items():

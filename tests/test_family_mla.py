@@ -314,7 +314,7 @@ def test_agrees_with_flashinfer_dumper(ds_tp8, page_size, tmp_path):
     assert theirs["inputs"]["q_nope"]["shape"] == ["batch_size", "num_qo_heads", "head_dim_ckv"]
     assert prefill["inputs"]["q_nope"]["shape"] == ["total_q", "num_qo_heads", "head_dim_ckv"]
     assert "qo_indptr" in prefill["inputs"] and "qo_indptr" not in theirs["inputs"]
-    from compiler.pipeline import CompileOptions, compile_model
+    from defc.compiler.pipeline import CompileOptions, compile_model
     res = compile_model(CompileOptions(model="deepseek-v3", specs=["mla_paged"], tp=[8], out=str(tmp_path)))
     inst = res.instances[prefill["name"]][0]
     assert [(a["name"], a["op_type"]) for a in inst.aliases] == [(theirs["name"], "mla_paged")]
@@ -338,7 +338,7 @@ def test_ragged_agrees_with_flashinfer_dumper(ds_tp8, tmp_path):
     theirs = fi_trace("flashinfer.prefill.BatchPrefillWithRaggedKVCacheWrapper.run",
                       q=meta((7, 16, 192), "bfloat16"), k=meta((9, 16, 192), "bfloat16"),
                       v=meta((9, 16, 128), "bfloat16"))
-    from compiler.pipeline import CompileOptions, compile_model
+    from defc.compiler.pipeline import CompileOptions, compile_model
     res = compile_model(CompileOptions(model="deepseek-v3", specs=["mla_ragged"], tp=[8], out=str(tmp_path)))
     alias = res.instances[ours["name"]][0].aliases
     assert [(a["name"], a["op_type"]) for a in alias] == [(theirs["name"], theirs["op_type"])] \
@@ -372,7 +372,7 @@ def _corpus(slug):
 
 
 def _compile_corpus(tmp, slug, specs, tp):
-    from compiler.pipeline import CompileOptions, compile_model
+    from defc.compiler.pipeline import CompileOptions, compile_model
     cfg, _ = _corpus(slug)
     res = compile_model(CompileOptions(model=cfg, specs=list(specs), tp=list(tp), out=str(tmp / "ds")))
     return {p.doc["name"]: p.doc for p in res.planned}, res.findings

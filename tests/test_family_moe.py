@@ -27,7 +27,7 @@ GOLDEN = [
 @pytest.fixture(scope="module", autouse=True)
 def _snapshot_once():
     """Read the bundled cookbook snapshot once for this module (parsing it takes seconds per compile)."""
-    import compiler.serving as serving
+    import defc.compiler.serving as serving
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(serving, "load_snapshot", functools.lru_cache(maxsize=None)(serving.load_snapshot))
         yield
@@ -35,7 +35,7 @@ def _snapshot_once():
 
 def _compile(tmp_path, model, sub, config=None, **kw):
     """Compile the moe spec only; return ({name: doc}, {name: [alias names]})."""
-    from compiler.pipeline import CompileOptions, compile_model, write_planned
+    from defc.compiler.pipeline import CompileOptions, compile_model, write_planned
     out = os.path.join(str(tmp_path), sub)
     cfg_path = None
     if config is not None:
@@ -684,7 +684,7 @@ PREFIX = {"ds": "moe_fp8_block_scale_ds_routing", "renorm": "trtllm_fp4_block_sc
                                   "qwen1.5-moe-a2.7b", "qwen3.5-35b-a3b", "nemotron-3-nano-30b-a3b",
                                   "laguna-xs.2", "mixtral-8x7b", "kimi-linear-48b-a3b"])
 def test_corpus_routing(tmp_path, slug):
-    from compiler.pipeline import CompileOptions, compile_model
+    from defc.compiler.pipeline import CompileOptions, compile_model
     facts = _corpus_facts(slug)
     moe = facts["moe"]
     cfg = os.path.join(os.path.dirname(__file__), "corpus", slug, "config.json")
@@ -714,7 +714,7 @@ def test_corpus_routing(tmp_path, slug):
 
 
 def test_divisibility_is_a_gap_not_an_omission(tmp_path):
-    from compiler.pipeline import CompileOptions, compile_model
+    from defc.compiler.pipeline import CompileOptions, compile_model
     cfg = dict(QWEN_CFG, num_experts=60, moe_intermediate_size=1408)
     path = os.path.join(str(tmp_path), "c.json")
     with open(path, "w") as fh:

@@ -135,7 +135,7 @@ def test_full_width_qk_norms(tmp_path):
     """OLMo-2 all-gathers q and k, so each rank runs one RMSNorm over each full width at any TP;
     MiniMax-M2 normalizes its shard with an all-reduced sum of squares: a FlashInfer RMSNorm only
     at attention-TP 1, otherwise the unmodelled use_qk_norm row warns."""
-    from compiler.pipeline import CompileOptions, compile_model
+    from defc.compiler.pipeline import CompileOptions, compile_model
     # a GQA variant of OLMo-2-7B (8 KV heads) tells the q width (32 * 128) from the k width (8 * 128)
     cfg = _with(os.path.join(CORPUS, "olmo-2-7b", "config.json"), tmp_path, num_key_value_heads=8)
     for tp in (1, 4):

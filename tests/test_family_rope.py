@@ -145,8 +145,8 @@ def test_agrees_with_flashinfer_dumper(compiled, model):
 
 def test_zero_rotary_width_is_a_one_line_error(tmp_path):
     import json
-    from compiler.errors import DefcError
-    from compiler.pipeline import CompileOptions, compile_model
+    from defc.compiler.errors import DefcError
+    from defc.compiler.pipeline import CompileOptions, compile_model
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
            "rotary_dim": 0}
@@ -167,7 +167,7 @@ CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 
 
 def corpus_rope(tmp_path_factory, slug):
-    from compiler import pipeline as P
+    from defc.compiler import pipeline as P
     with open(os.path.join(CORPUS, slug, "facts.yaml"), encoding="utf-8") as fh:
         facts = yaml.safe_load(fh)
     res = P.compile_model(P.CompileOptions(model=os.path.join(CORPUS, slug, "config.json"), specs=["rope"], tp=[1],

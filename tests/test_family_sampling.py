@@ -162,7 +162,7 @@ def test_agrees_with_flashinfer_dumper(compiled, kind):
 
 def test_missing_vocab_size_is_a_gap_naming_the_field(tmp_path):
     import json
-    from compiler.pipeline import CompileOptions, compile_model
+    from defc.compiler.pipeline import CompileOptions, compile_model
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
            "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128}
     path = tmp_path / "config.json"

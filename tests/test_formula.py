@@ -2,7 +2,7 @@
 import pytest
 import sympy
 
-from compiler import formula as F
+from defc.compiler import formula as F
 
 
 def test_exact_arithmetic_and_functions():

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from compiler import formula as F
-from compiler.paths import PROJECT_ROOT
+from defc.compiler import formula as F
+from defc.compiler.paths import PROJECT_ROOT
 
 
 def _defc(args, **kw):

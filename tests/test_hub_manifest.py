@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from compiler.errors import DefcError
-from compiler.manifest import file_sha256
-from compiler.models import resolve_model
+from defc.compiler.errors import DefcError
+from defc.compiler.manifest import file_sha256
+from defc.compiler.models import resolve_model
 from defc.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

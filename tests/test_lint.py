@@ -4,8 +4,8 @@ import shutil
 
 from conftest import ROOT
 
-from authoring.lint import lint, tag_problem
-from compiler.load import display_path
+from defc.authoring.lint import lint, tag_problem
+from defc.compiler.load import display_path
 from defc.cli import main
 
 FEW = ["llama-3.1-8b", "deepseek-v3", "qwen3-30b-a3b"]
@@ -220,8 +220,8 @@ def test_tag_rules():
 
 
 def test_dump_difference_patterns_and_names(tmp_path):
-    from authoring.lint import dump_difference_problems
-    from compiler.load import load_yaml
+    from defc.authoring.lint import dump_difference_problems
+    from defc.compiler.load import load_yaml
     p = tmp_path / "dd.yaml"
     p.write_text("family: demo\n"
                  "dump_differences:\n"
@@ -288,8 +288,8 @@ def test_trace_and_verify_blocks_are_checked(tmp_path):
 
 def test_recipe_field_sets_are_the_runners():
     """lint's copies of the trace:/verify: field sets (authoring/ does not import runners/)."""
-    from authoring import lint as L
-    from runners import recipes, verify
+    from defc.authoring import lint as L
+    from defc.runners import recipes, verify
     assert L.TRACE_TOP_KEYS == recipes.TOP_KEYS and L.TRACE_CALL_KEYS == recipes.CALL_KEYS
     assert L.VERIFY_KEYS == verify.VERIFY_KEYS and L.VERIFY_KERNEL_KEYS == verify.KERNEL_KEYS
     assert L.VERIFY_ALTERNATIVE_KEYS == verify.ALTERNATIVE_KEYS and L.VERIFY_TEMPLATE_KEYS == verify.TEMPLATE_KEYS
@@ -327,7 +327,7 @@ def test_unknown_filter_is_a_located_error(tmp_path, capsys):
 
 def test_fresh_scaffold_warns_about_stub_and_catch_all_when(tmp_path, monkeypatch):
     """A scaffold lints without errors, but its stub reference and its every-model when: are warned about."""
-    from authoring.scaffold import scaffold
+    from defc.authoring.scaffold import scaffold
     monkeypatch.setenv("DEFC_NO_FLASHINFER", "1")
     specs, tdir, _ = workspace(tmp_path)
     sc = scaffold("myrms", specs_dir=specs, templates_dir=tdir, fi_api="flashinfer.norm.rmsnorm")

@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from compiler.errors import DefcError
-from compiler.models import catalogue_slugs, resolve_model
-from compiler.serving import load_snapshot, read_cookbook
+from defc.compiler.errors import DefcError
+from defc.compiler.models import catalogue_slugs, resolve_model
+from defc.compiler.serving import load_snapshot, read_cookbook
 from conftest import data_path
 
 REQUIRED = """llama-3.1-8b llama-3.1-70b llama-3.1-405b llama-3.2-3b llama-3.3-70b llama-4-scout llama-4-maverick

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from authoring.lint import lint
+from defc.authoring.lint import lint
 from conftest import ROOT
 from defc.cli import main
 from fi_oracle import const_axes, fi_trace, meta

@@ -104,8 +104,8 @@ def test_real_dumps_are_what_the_research_says():
 
 
 def test_prepare_pass_folder_only_touches_its_own_folder(tmp_path):
-    from compiler.errors import DefcError
-    from runners.common import MARKER, prepare_pass_folder
+    from defc.compiler.errors import DefcError
+    from defc.runners.common import MARKER, prepare_pass_folder
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.json").write_text("{}")
@@ -131,8 +131,8 @@ def test_prepare_pass_folder_only_touches_its_own_folder(tmp_path):
 
 
 def test_find_dump_sets_layouts(tmp_path):
-    from compiler.errors import DefcError
-    from runners.common import find_dump_sets
+    from defc.compiler.errors import DefcError
+    from defc.runners.common import find_dump_sets
     p = copy_dumps(str(tmp_path / "dumps" / "fi_trace_llama-3.1-8b_tp1_ep1_ps1"), "sglang_like", "sglang",
                    model="llama-3.1-8b", tp=1, ep=1, page_size=1)
     copy_dumps(str(tmp_path / "dumps" / "fi_trace_qwen3-8b_tp1_ep1_ps1"), "direct", "replay")

@@ -95,7 +95,7 @@ def test_dataset_and_mla_rule(tmp_path, capsys):
 
 def test_reconcile_rules_aliases_and_signatures():
     """The matching itself, on synthetic documents: rule names, one-to-one const-axis pairing."""
-    from runners.diff import Observed, Prediction, Report, reconcile
+    from defc.runners.diff import Observed, Prediction, Report, reconcile
 
     def doc(name, op, stage, api, **axes):
         return {"name": name, "op_type": op, "tags": [f"fi_api:{api}", f"stage:{stage}"],
@@ -158,13 +158,13 @@ def _route_cases():
 
 
 def test_every_routing_rule_has_a_case():
-    from runners.diff import load_routes
+    from defc.runners.diff import load_routes
     assert sorted(r.name for r in load_routes()) == sorted(_route_cases())
 
 
 @pytest.mark.parametrize("rule", sorted(_route_cases()))
 def test_routing_rule(rule):
-    from runners.diff import load_routes, route_for
+    from defc.runners.diff import load_routes, route_for
     api, op, name, env = _route_cases()[rule]
     got = route_for(load_routes(), api, op, name, env)
     assert got is not None and got.name == rule
@@ -234,7 +234,7 @@ def test_every_field_difference_of_a_replay_has_a_named_cause(model, args, tmp_p
 
 
 def test_conflicting_dumps_are_not_counted_as_unexplained_field_differences():
-    from runners.diff import Report
+    from defc.runners.diff import Report
     rep = Report("m", [], rows=[
         {"status": "differs", "predicted": "a", "dumped": "a",
          "diffs": [{"field": "inputs.x", "predicted": "t", "dumped": None, "cause": "c"},
@@ -245,7 +245,7 @@ def test_conflicting_dumps_are_not_counted_as_unexplained_field_differences():
 
 
 def test_cause_matching_by_field_pattern_and_side():
-    from runners.diff import cause_of
+    from defc.runners.diff import cause_of
     known = [{"name": "only-dumped-scalars", "fields": ["inputs.*_scale"], "side": "dumped", "why": "w"},
              {"name": "shape", "fields": ["inputs.q.shape"], "why": "w"}]
     assert cause_of({"field": "inputs.ckv_scale", "predicted": None, "dumped": "float32 scalar"}, known)["name"] \
@@ -312,7 +312,7 @@ def test_in_place_rope_dumps_of_a_partial_rotary_model_are_explained(tmp_path, c
 
 def test_tag_differences_are_one_field_per_namespace():
     """A cause can name one tag namespace (tags.fi_api); `tags` still covers them all."""
-    from runners.diff import cause_of, field_diffs
+    from defc.runners.diff import cause_of, field_diffs
     pred = {"op_type": "x", "tags": ["fi_api:a.f", "stage:decode", "fused"]}
     dump = {"op_type": "x", "tags": ["fi_api:a.f_inplace", "stage:decode", "status:verified"]}
     ds = field_diffs(pred, dump, [])

@@ -94,8 +94,8 @@ CASES = {
 
 
 def test_every_rule_has_a_case():
-    from runners.rules import load_rules
-    from runners.stage import REPAIR_RULES, STAGE_RULES
+    from defc.runners.rules import load_rules
+    from defc.runners.stage import REPAIR_RULES, STAGE_RULES
     names = [r.name for r in load_rules(STAGE_RULES) + load_rules(REPAIR_RULES)]
     assert sorted(names) == sorted(CASES), "each rule in runners/*_rules.yaml needs a case here"
     for r in load_rules(STAGE_RULES) + load_rules(REPAIR_RULES):
@@ -104,7 +104,7 @@ def test_every_rule_has_a_case():
 
 @pytest.mark.parametrize("rule", sorted(CASES))
 def test_rule(rule):
-    from runners.stage import normalise
+    from defc.runners.stage import normalise
     doc, source, check = CASES[rule]
     before = copy.deepcopy(doc)
     out = normalise(doc, source)
@@ -114,7 +114,7 @@ def test_rule(rule):
 
 
 def test_repairs_are_conditional():
-    from runners.stage import normalise
+    from defc.runners.stage import normalise
     # a replay dump (true 4-D cache) is never "repaired", nor a real kv == head_dim model outside SGLang
     out = normalise(_gqa("decode", 32, 128, 128, 8), "replay")
     assert "sglang-3d-kv-paged-gqa" not in out.fired and out.doc["name"] == "gqa_paged_decode_h32_kv128_d128_ps8"
@@ -135,8 +135,8 @@ def test_repairs_are_conditional():
     ("rules: 3\n", "a rule file needs a top-level 'rules:' list"),
 ])
 def test_bad_rule_files_are_one_line_located_errors(tmp_path, monkeypatch, text, expect):
-    from compiler.errors import DefcError
-    from runners.rules import load_rules
+    from defc.compiler.errors import DefcError
+    from defc.runners.rules import load_rules
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(DefcError) as e:

@@ -144,9 +144,9 @@ def test_replay_backend_writes_what_the_real_dumper_writes(stand_in, capsys):
 
 
 def test_recipes_evaluate_and_bind_defaults(tmp_path):
-    from compiler.pipeline import CompileOptions, compile_model
-    from runners.flashinfer_api import resolve_api
-    from runners.recipes import SeqArg, TensorArg, bind_like_dumper, calls_for
+    from defc.compiler.pipeline import CompileOptions, compile_model
+    from defc.runners.flashinfer_api import resolve_api
+    from defc.runners.recipes import SeqArg, TensorArg, bind_like_dumper, calls_for
     spec = tmp_path / "toy.yaml"
     spec.write_text(open(os.path.join(HERE, "..", "specs", "rmsnorm.yaml")).read().split("definitions:")[0]
                     .replace("family: rmsnorm", "family: toy") + """definitions:
@@ -193,10 +193,10 @@ def test_recipes_evaluate_and_bind_defaults(tmp_path):
     ("args: {input: hidden_states, bogus: {value: 1}}", "arguments do not fit the API's signature"),
 ])
 def test_bad_recipes_are_one_line_located_errors(tmp_path, monkeypatch, trace, expect):
-    from compiler.errors import DefcError
-    from compiler.pipeline import CompileOptions, compile_model
-    from runners.flashinfer_api import resolve_api
-    from runners.recipes import bind_like_dumper, calls_for, materialize
+    from defc.compiler.errors import DefcError
+    from defc.compiler.pipeline import CompileOptions, compile_model
+    from defc.runners.flashinfer_api import resolve_api
+    from defc.runners.recipes import bind_like_dumper, calls_for, materialize
     monkeypatch.chdir(tmp_path)
     text = open(os.path.join(HERE, "..", "specs", "rmsnorm.yaml")).read()
     first = text.index("    trace:")
@@ -219,11 +219,11 @@ def test_bad_recipes_are_one_line_located_errors(tmp_path, monkeypatch, trace, e
 def test_every_spec_recipe_replays_into_a_definition_that_pairs_up(model, tp):
     """Every trace: recipe in specs/ (today rmsnorm's; the other families' as they add theirs) must
     call its API, give a dump that stages into a valid Definition, and pair with its prediction."""
-    from compiler.predictions import compile_predictions
-    from runners.diff import Observed, Prediction, Report, reconcile
-    from runners.recipes import calls_for
-    from runners.replay import trace_call
-    from runners.stage import normalise, validate
+    from defc.compiler.predictions import compile_predictions
+    from defc.runners.diff import Observed, Prediction, Report, reconcile
+    from defc.runners.recipes import calls_for
+    from defc.runners.replay import trace_call
+    from defc.runners.stage import normalise, validate
     res = compile_predictions(model, [tp], None, None)
     with_recipe = [n for n, insts in res.instances.items() if insts[0].trace]
     assert with_recipe, "no spec gives a trace: recipe"
@@ -246,11 +246,11 @@ def test_quantized_recipes_replay_and_pair_up(model, tp, ep):
     definition both run) call their API and pair with their prediction.  The packed FP4 / MX scale
     tensors the APIs take are uint8, which flashinfer-bench's Definition has no dtype for, so the
     only validation problem allowed is a uint8 dtype."""
-    from compiler.predictions import compile_predictions
-    from runners.diff import Observed, Prediction, Report, reconcile
-    from runners.recipes import calls_for
-    from runners.replay import trace_call
-    from runners.stage import normalise, validate
+    from defc.compiler.predictions import compile_predictions
+    from defc.runners.diff import Observed, Prediction, Report, reconcile
+    from defc.runners.recipes import calls_for
+    from defc.runners.replay import trace_call
+    from defc.runners.stage import normalise, validate
     res = compile_predictions(model, [tp], [ep], ["all"])
     docs = {p.doc["name"]: p.doc for p in res.planned}
     seen = set()

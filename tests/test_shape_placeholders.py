@@ -4,9 +4,9 @@ import shutil
 
 import pytest
 
-from compiler.errors import DefcError, DefcErrors
-from compiler.paths import SPECS_DIR
-from compiler.pipeline import CompileOptions, compile_model
+from defc.compiler.errors import DefcError, DefcErrors
+from defc.compiler.paths import SPECS_DIR
+from defc.compiler.pipeline import CompileOptions, compile_model
 
 SPEC = """\
 family: picks

@@ -4,7 +4,7 @@ import json
 import os
 import random
 
-from authoring.validate import choose_axes, validate_dataset
+from defc.authoring.validate import choose_axes, validate_dataset
 from conftest import compile_defs
 from defc.cli import main
 

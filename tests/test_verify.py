@@ -17,11 +17,11 @@ from conftest import ROOT
 pytest.importorskip("torch")
 pytest.importorskip("flashinfer")
 
-from runners.verify import VerifyOptions, check_block, check_kernel_call, compile_for, verify_model, verify_one  # noqa: E402
-from runners.verify_calls import device_copies, kernel_call_args, resolve_arg, tensor_expr  # noqa: E402
-from runners.verify_compare import compare, fp4_values  # noqa: E402
-from runners.verify_inputs import RecipeError, build_case, defaults, sequence_layout  # noqa: E402
-from runners.verify_sides import alternative_for, call_template, run_reference_text, skip_reason  # noqa: E402
+from defc.runners.verify import VerifyOptions, check_block, check_kernel_call, compile_for, verify_model, verify_one  # noqa: E402
+from defc.runners.verify_calls import device_copies, kernel_call_args, resolve_arg, tensor_expr  # noqa: E402
+from defc.runners.verify_compare import compare, fp4_values  # noqa: E402
+from defc.runners.verify_inputs import RecipeError, build_case, defaults, sequence_layout  # noqa: E402
+from defc.runners.verify_sides import alternative_for, call_template, run_reference_text, skip_reason  # noqa: E402
 
 
 def _run(model, **kw):
@@ -326,8 +326,8 @@ def test_broadcast_inputs_stay_broadcast_on_copy():
 def test_flashinfer_backend_dump_pass_on_cpu(tmp_path):
     """--backend flashinfer without a GPU: the real API calls run under FLASHINFER_TRACE_DUMP=1 in a child;
     the dumper writes before the kernel, so the dumps exist and the kernels' failures are recorded."""
-    from runners.trace import plan_passes
-    from runners.verify_dump import run_flashinfer_pass
+    from defc.runners.trace import plan_passes
+    from defc.runners.verify_dump import run_flashinfer_pass
     p = plan_passes("llama-3.1-8b", [(1, 1)], [1], str(tmp_path / "dumps"), "flashinfer")[0]
     res = run_flashinfer_pass(p, "llama-3.1-8b", None, ("rmsnorm",), 120, None, "", device="cpu")
     assert res.status == "ok", res.detail
@@ -339,9 +339,9 @@ def test_flashinfer_backend_dump_pass_on_cpu(tmp_path):
     assert {r["status"] for r in marker["definitions"]} == {"dumped"}
     assert all(r["kernel"].startswith("failed") for r in marker["definitions"])   # no CUDA here
     # defc diff reads the pass unchanged
-    from runners.common import find_dump_sets
-    from compiler.predictions import compile_predictions
-    from runners.diff import diff
+    from defc.runners.common import find_dump_sets
+    from defc.compiler.predictions import compile_predictions
+    from defc.runners.diff import diff
     rep = diff(compile_predictions("llama-3.1-8b", [1], [1], None, ("rmsnorm",)), find_dump_sets(p.folder))
     assert {r["status"] for r in rep.rows if r["predicted"]} <= {"matched", "renamed"}
 

@@ -20,8 +20,8 @@ from conftest import ROOT
 pytest.importorskip("torch")
 pytest.importorskip("flashinfer")
 
-from runners.verify import VerifyOptions, compile_for, verify_model, verify_one  # noqa: E402
-from runners.verify_inputs import defaults  # noqa: E402
+from defc.runners.verify import VerifyOptions, compile_for, verify_model, verify_one  # noqa: E402
+from defc.runners.verify_inputs import defaults  # noqa: E402
 
 EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 # a documented, named reason a row is not compared (tests/test_family_moe.py checks it instead)
