@@ -12,6 +12,8 @@ SPECS_DIR = os.environ.get("DEFC_SPECS_DIR") or os.path.join(PROJECT_ROOT, "spec
 TEMPLATES_DIR = os.environ.get("DEFC_TEMPLATES_DIR") or os.path.join(PROJECT_ROOT, "templates")
 CATALOGUE_DIR = os.path.join(PROJECT_ROOT, "catalogue")
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas")
+# an installed distribution (no checkout around it): its specs and templates are not the user's to edit
+INSTALLED = not os.path.exists(os.path.join(PROJECT_ROOT, "pyproject.toml"))
 MODEL_FACTS = "_model_facts.yaml"
 DEFAULT_OUT = os.path.join("tmp", "flashinfer-trace")
 DEFAULT_COOKBOOK = os.path.join("tmp", "sgl-cookbook")

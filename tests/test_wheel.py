@@ -41,6 +41,11 @@ def test_wheel_installs_and_works_from_an_unrelated_folder(tmp_path):
                  "from defc.compiler.paths import SPECS_DIR, TEMPLATES_DIR; print(SPECS_DIR); print(TEMPLATES_DIR)"],
                 str(elsewhere))
     assert all(p.startswith(str(venv)) for p in where.stdout.split()), where.stdout
+    # new-op never writes into the installation
+    scaffold = run([defc, "new-op", "my_op"], str(elsewhere))
+    assert scaffold.returncode == 2 and "pass --specs-dir DIR and --templates-dir DIR" in scaffold.stderr
+    made = run([defc, "new-op", "my_op", "--specs-dir", "specs", "--templates-dir", "templates"], str(elsewhere))
+    assert made.returncode == 0 and os.path.isfile(elsewhere / "specs" / "my_op.yaml"), made.stderr
     for generic in ("compiler", "runners", "authoring"):
         probe = run([str(venv / "bin" / "python"), "-c", f"import {generic}"], str(elsewhere))
         assert probe.returncode != 0 and "No module named" in probe.stderr, generic
