@@ -95,3 +95,27 @@ def tests_leave_the_default_dataset_alone():
     after = _default_dataset_state()
     changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
     assert not changed, f"tests wrote into {os.path.join(ROOT, 'tmp', 'flashinfer-trace')}: {changed[:5]}"
+
+
+def read_tree(root) -> dict:
+    """Every file under root, by path relative to it: its bytes."""
+    out = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = fh.read()
+    return out
+
+
+def specs_folder(tmp, **specs) -> str:
+    """tmp/specs holding the project's model facts and the given specs (family name -> YAML text)."""
+    import shutil
+    from defc.compiler.paths import MODEL_FACTS, SPECS_DIR
+    d = os.path.join(str(tmp), "specs")
+    os.makedirs(d)
+    shutil.copy(os.path.join(SPECS_DIR, MODEL_FACTS), d)
+    for name, text in specs.items():
+        with open(os.path.join(d, f"{name}.yaml"), "w", encoding="utf-8") as fh:
+            fh.write(text)
+    return d

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from conftest import specs_folder
 from defc.compiler import cache
 from defc.compiler import write as W
 from defc.compiler.errors import DefcError
@@ -39,11 +40,7 @@ N_DEFS = 100          # more than one write batch (compiler.write.atomic_write_m
 
 @pytest.fixture
 def specs(tmp_path):
-    d = tmp_path / "specs"
-    d.mkdir()
-    shutil.copy(os.path.join(SPECS_DIR, MODEL_FACTS), d)
-    (d / "probe.yaml").write_text(SWEEP_SPEC)
-    return str(d)
+    return specs_folder(tmp_path, probe=SWEEP_SPEC)
 
 
 def compile_args(specs, out, *extra):

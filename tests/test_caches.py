@@ -15,6 +15,7 @@ import pytest
 
 from defc.compiler import pipeline as P
 from defc.compiler.paths import SPECS_DIR, TEMPLATES_DIR
+from conftest import read_tree
 from defc.cli import main
 
 # models that share definitions (tag merges) and some that do not
@@ -26,14 +27,7 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DEFC_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def files(root):
-    out = {}
-    for r, _, fs in os.walk(root):
-        for f in fs:
-            p = os.path.join(r, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = fh.read()
-    return out
+files = read_tree
 
 
 def statuses(results):

@@ -1,11 +1,10 @@
 """defc compile end to end: serving configs, errors, dry-run, skip-existing, merges and collisions."""
 import json
 import os
-import shutil
 
 import pytest
 
-from defc.compiler.paths import SPECS_DIR
+from conftest import specs_folder
 from defc.cli import main
 
 HEADS_SPEC = """\
@@ -40,11 +39,7 @@ definitions:
 
 @pytest.fixture
 def specs(tmp_path):
-    d = tmp_path / "specs"
-    d.mkdir()
-    shutil.copy(os.path.join(SPECS_DIR, "_model_facts.yaml"), d)
-    (d / "heads.yaml").write_text(HEADS_SPEC)
-    return str(d)
+    return specs_folder(tmp_path, heads=HEADS_SPEC)
 
 
 def run(argv, capsys):

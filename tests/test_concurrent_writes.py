@@ -6,7 +6,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -14,10 +13,11 @@ import time
 
 import pytest
 
+from conftest import read_tree, specs_folder
 from defc.compiler import cache
 from defc.compiler import write as W
 from defc.compiler.load import display_path
-from defc.compiler.paths import MODEL_FACTS, PROJECT_ROOT, SPECS_DIR
+from defc.compiler.paths import PROJECT_ROOT
 from defc.cli import main
 
 # four models whose definitions overlap (rmsnorm, gemm, attention shapes, ...): most files are
@@ -50,14 +50,7 @@ def finish(procs, timeout=120):
 
 def dataset(folder):
     """Every file under folder, parsed where it is JSON."""
-    got = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(root, f)
-            with open(p, "rb") as fh:
-                data = fh.read()
-            got[os.path.relpath(p, folder)] = json.loads(data) if f.endswith(".json") else data
-    return got
+    return {k: json.loads(v) if k.endswith(".json") else v for k, v in read_tree(folder).items()}
 
 
 def definitions(files):
@@ -138,11 +131,7 @@ definitions:
 
 @pytest.fixture
 def probe_specs(tmp_path):
-    d = tmp_path / "specs"
-    d.mkdir()
-    shutil.copy(os.path.join(SPECS_DIR, MODEL_FACTS), d)
-    (d / "probe.yaml").write_text(PROBE)
-    return str(d)
+    return specs_folder(tmp_path, probe=PROBE)
 
 
 def test_two_different_definitions_of_one_name_race_and_one_collision_is_reported(tmp_path, probe_specs):
