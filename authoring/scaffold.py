@@ -203,16 +203,11 @@ def _solve_from_constraints(axis: str, consts: Sequence[str], constraints: Seque
     import ast
     import sympy
     from defc.compiler import formula as F
-    for c in constraints:
+    from defc.authoring.validate import equalities
+    for c, left, right in equalities(constraints):
         try:
-            tree = ast.parse(str(c), mode="eval").body
-        except SyntaxError:
-            continue
-        if not (isinstance(tree, ast.Compare) and len(tree.ops) == 1 and isinstance(tree.ops[0], ast.Eq)):
-            continue
-        try:
-            l = F.parse(ast.get_source_segment(str(c), tree.left)).expr
-            r = F.parse(ast.get_source_segment(str(c), tree.comparators[0])).expr
+            l = F.parse(ast.get_source_segment(c, left)).expr
+            r = F.parse(ast.get_source_segment(c, right)).expr
         except F.FormulaError:
             continue
         if l is None or r is None:

@@ -99,6 +99,18 @@ class _Doc:
         self.report.findings.append(Finding(level, self.shown, line, col, message, self.key))
 
 
+def equalities(constraints) -> List[Tuple[str, Any, Any]]:
+    """(text, left side, right side) of each constraint that is one equality ``a == b`` (as syntax trees)."""
+    out = []
+    for c in constraints:
+        try:
+            tree = ast.parse(str(c), mode="eval").body
+        except SyntaxError:
+            continue
+        if isinstance(tree, ast.Compare) and len(tree.ops) == 1 and isinstance(tree.ops[0], ast.Eq):
+            out.append((str(c), tree.left, tree.comparators[0]))
+    return out
+
 def torch_dtype(name: str):
     import torch
     if name == "float4_e2m1":
@@ -273,14 +285,7 @@ def choose_axes(defn: dict, rng: random.Random, preset: Optional[Dict[str, int]]
     equations = []            # (lhs expr, rhs expr)
     from_indptr: Dict[str, str] = {}
     named_sides = set()
-    for c in defn.get("constraints") or []:
-        try:
-            tree = ast.parse(str(c), mode="eval").body
-        except SyntaxError:
-            continue
-        if not (isinstance(tree, ast.Compare) and len(tree.ops) == 1 and isinstance(tree.ops[0], ast.Eq)):
-            continue
-        l, r = tree.left, tree.comparators[0]
+    for c, l, r in equalities(defn.get("constraints") or []):
         for a, b in ((l, r), (r, l)):
             t = _indptr_last(b, inputs)
             if t and isinstance(a, ast.Name) and a.id in var:

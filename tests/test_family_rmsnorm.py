@@ -6,6 +6,18 @@ from conftest import load_reference
 from fi_oracle import concrete_shape, const_axes, fi_trace, meta
 
 
+
+def assert_same_signature(theirs, ours):
+    """FlashInfer's dumped definition and ours: the same name, op_type, const axes, and inputs and
+    output of the same concrete shapes (and input dtypes)."""
+    assert theirs["name"] == ours["name"]
+    assert theirs["op_type"] == ours["op_type"]
+    assert const_axes(theirs) == const_axes(ours)
+    for k, t in ours["inputs"].items():
+        assert concrete_shape(theirs, theirs["inputs"][k]) == concrete_shape(ours, t)
+        assert theirs["inputs"][k]["dtype"] == t["dtype"]
+    assert concrete_shape(theirs, theirs["outputs"]["output"]) == concrete_shape(ours, ours["outputs"]["output"])
+
 def test_llama_and_deepseek_norms(compile_into):
     llama = compile_into("llama-3.1-8b", specs=["rmsnorm"])
     assert set(llama) == {"rmsnorm_h4096", "fused_add_rmsnorm_h4096"}
@@ -42,13 +54,7 @@ def test_agrees_with_flashinfer_template(compile_into, api, name, extra):
     kwargs = {"input": meta((7, 4096), "bfloat16"), "weight": meta((4096,), "bfloat16")}
     kwargs.update({k: meta(v, "bfloat16") for k, v in extra.items()})
     theirs = fi_trace(api, **kwargs)
-    assert theirs["name"] == ours["name"]
-    assert theirs["op_type"] == ours["op_type"]
-    assert const_axes(theirs) == const_axes(ours)
-    for k, t in ours["inputs"].items():
-        assert concrete_shape(theirs, theirs["inputs"][k]) == concrete_shape(ours, t)
-        assert theirs["inputs"][k]["dtype"] == t["dtype"]
-    assert concrete_shape(theirs, theirs["outputs"]["output"]) == concrete_shape(ours, ours["outputs"]["output"])
+    assert_same_signature(theirs, ours)
 
 
 # == Gemma-style norms (x / RMS(x) * (1 + w)), full-width q/k norms, LayerNorm =====================
@@ -187,13 +193,7 @@ def test_gemma_references_match_torch_and_flashinfer(tmp_path):
 def test_gemma_norms_and_layernorm_agree_with_fi_trace(tmp_path, model, api, name, kwargs):
     ours = _norm_docs(tmp_path, os.path.join(CORPUS, model, "config.json"))[name]
     theirs = fi_trace(api, **{k: meta(s, dt) for k, (s, dt) in kwargs.items()})
-    assert theirs["name"] == ours["name"]
-    assert theirs["op_type"] == ours["op_type"]
-    assert const_axes(theirs) == const_axes(ours)
-    for k, t in ours["inputs"].items():
-        assert concrete_shape(theirs, theirs["inputs"][k]) == concrete_shape(ours, t)
-        assert theirs["inputs"][k]["dtype"] == t["dtype"]
-    assert concrete_shape(theirs, theirs["outputs"]["output"]) == concrete_shape(ours, ours["outputs"]["output"])
+    assert_same_signature(theirs, ours)
     assert theirs["outputs"]["output"]["dtype"] == ours["outputs"]["output"]["dtype"]
     # the fused form's in-place residual output is a documented difference (dump_differences)
     assert set(theirs["outputs"]) - set(ours["outputs"]) <= {"residual"}
