@@ -424,10 +424,8 @@ class _BlockChecker:
             path = ("verify", "differences", j)
             self.keys(path, df, VERIFY_DIFFERENCE_KEYS, "verify.differences")
             self.verify_inputs(path + ("inputs",), df.get("inputs"))
-            for n, o in enumerate(_l(df.get("skip_outputs"))):
-                self.name(path + ("skip_outputs", n), o, ("outputs",))
-            for k in _d(df.get("tolerance")):
-                self.name(path + ("tolerance", k), k, ("outputs",))
+            self.listed(path + ("skip_outputs",), df.get("skip_outputs"), ("outputs",))
+            self.listed(path + ("tolerance",), df.get("tolerance"), ("outputs",))
 
     def verify_inputs(self, path, block):
         for k, v in _d(block).items():
@@ -438,10 +436,13 @@ class _BlockChecker:
             self.verify_args(path + (sect,), kb.get(sect))
         for j, a in enumerate(_l(kb.get("positional"))):
             self.verify_arg(path + ("positional", j), a)
-        for j, o in enumerate(_l(kb.get("returns"))):
-            self.name(path + ("returns", j), o, ("outputs",))
-        for k in _d(kb.get("from_args")):
-            self.name(path + ("from_args", k), k, ("outputs",))
+        self.listed(path + ("returns",), kb.get("returns"), ("outputs",))
+        self.listed(path + ("from_args",), kb.get("from_args"), ("outputs",))
+
+    def listed(self, path, block, kinds):
+        """Each name of a list, or each key of a mapping, at path must be one of those kinds."""
+        for j, name in (enumerate(block) if isinstance(block, list) else ((k, k) for k in _d(block))):
+            self.name(path + (j,), name, kinds)
 
     def verify_args(self, path, block):
         for k, v in _d(block).items():

@@ -169,11 +169,10 @@ def paged_cache(kv_lens, page_size, num_kv_heads, head_dim, gen, spare_pages=3):
     return k_cache, v_cache, i32(indptr), i32(indices), i32(last), dense
 
 
-def dense_attention(q, k, v, scale, window_left=-1, sinks=None):
-    """Independent per-sequence attention: q [n, Hq, D], k/v [L, Hkv, D]; causal aligned to the end.
-    Without sinks the output comes from torch's scaled_dot_product_attention; lse (base 2) and the
-    sink case from explicit float64 math."""
-    n, hq, d = q.shape
+def expanded_and_masked(q, k, v, window_left):
+    """k, v in float64 with each KV head repeated for its query heads, and the causal (and
+    window) mask of the n queries aligned to the end of the L keys."""
+    n, hq, _ = q.shape
     L, hkv, _ = k.shape
     kk = k.double().repeat_interleave(hq // hkv, dim=1)
     vv = v.double().repeat_interleave(hq // hkv, dim=1)
@@ -182,6 +181,14 @@ def dense_attention(q, k, v, scale, window_left=-1, sinks=None):
     mask = kpos <= qpos
     if window_left >= 0:
         mask &= kpos >= qpos - window_left
+    return kk, vv, mask
+
+
+def dense_attention(q, k, v, scale, window_left=-1, sinks=None):
+    """Independent per-sequence attention: q [n, Hq, D], k/v [L, Hkv, D]; causal aligned to the end.
+    Without sinks the output comes from torch's scaled_dot_product_attention; lse (base 2) and the
+    sink case from explicit float64 math."""
+    kk, vv, mask = expanded_and_masked(q, k, v, window_left)
     scores = torch.einsum("nhd,lhd->hnl", q.double(), kk) * scale
     scores = scores.masked_fill(~mask, float("-inf"))
     if sinks is None:
@@ -190,6 +197,7 @@ def dense_attention(q, k, v, scale, window_left=-1, sinks=None):
         out = out.transpose(0, 1)
         lse = torch.logsumexp(scores, -1)
     else:
+        hq, n, L = scores.shape
         full = torch.cat([scores, sinks.double()[:, None, None].expand(hq, n, 1)], -1)
         p = torch.softmax(full, -1)[..., :L]
         out = torch.einsum("hnl,lhd->nhd", p, vv)
@@ -443,13 +451,7 @@ def test_gemma2_soft_cap_and_alternating_windows(corpus):
 def capped_attention(q, k, v, scale, cap, window_left=-1):
     """Independent float64 attention with FlashInfer's logits soft cap: each scaled logit x becomes
     cap * tanh(x / cap) before the mask and the softmax; lse (base 2) over the capped logits."""
-    n, hq, d = q.shape
-    L, hkv, _ = k.shape
-    kk = k.double().repeat_interleave(hq // hkv, dim=1)
-    vv = v.double().repeat_interleave(hq // hkv, dim=1)
-    qpos = torch.arange(n)[:, None] + (L - n)
-    kpos = torch.arange(L)[None, :]
-    mask = (kpos <= qpos) & ((kpos >= qpos - window_left) if window_left >= 0 else True)
+    kk, vv, mask = expanded_and_masked(q, k, v, window_left)
     x = torch.einsum("nhd,lhd->hnl", q.double(), kk) * scale
     x = cap * torch.tanh(x / cap)
     x = x.masked_fill(~mask, float("-inf"))
