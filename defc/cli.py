@@ -23,6 +23,7 @@ COMMANDS = {
     "new-op": "defc.cmd_new_op",
     "coverage": "defc.cmd_coverage",
     "gap-report": "defc.cmd_gap_report",
+    "workloads": "defc.cmd_workloads",
 }
 
 
