@@ -264,7 +264,8 @@ def instances_for(model: str, tp=None, ep=None, quantization=None, dp=None) -> D
 
 def write_workloads(dataset: str, instances: Dict[str, Any], sets: Optional[Sequence[str]] = None,
                     seed: Optional[int] = None, names: Optional[Sequence[str]] = None) -> Report:
-    from safetensors.torch import save_file
+    from safetensors.torch import save as st_bytes
+    from defc.compiler.write import atomic_write_bytes, atomic_write_text
     cfg = config()
     seed = int(cfg.get("seed", 0) if seed is None else seed)
     scs = scenarios(cfg, sets)
@@ -297,7 +298,7 @@ def write_workloads(dataset: str, instances: Dict[str, Any], sets: Optional[Sequ
                     rel = f"blob/workloads/{op}/{name}/{uid}.safetensors"
                     path = os.path.join(dataset, rel)
                     os.makedirs(os.path.dirname(path), exist_ok=True)
-                    save_file(b.tensors, path)     # no metadata: its order in the header is not stable
+                    atomic_write_bytes(path, st_bytes(b.tensors))   # no metadata: its order in the header is not stable
                     for k in b.tensors:
                         b.inputs[k] = {"type": "safetensors", "path": rel, "tensor_key": k}
                 lines.append({"definition": name,
@@ -307,9 +308,7 @@ def write_workloads(dataset: str, instances: Dict[str, Any], sets: Optional[Sequ
         path = os.path.join(dataset, "workloads", op, f"{name}.jsonl")
         if lines:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w", encoding="utf-8") as fh:
-                for ln in lines:
-                    fh.write(json.dumps(ln, sort_keys=False) + "\n")
+            atomic_write_text(path, "".join(json.dumps(ln) + "\n" for ln in lines))
         elif os.path.exists(path):
             os.remove(path)
     return rep
@@ -338,7 +337,6 @@ def write_solutions(dataset: str, rep: Report, names: Optional[Sequence[str]] = 
         rel = os.path.join("solutions", "baseline", op, defn["name"], "reference.json")
         path = os.path.join(dataset, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(reference_solution(defn), fh, indent=2)
-            fh.write("\n")
+        from defc.compiler.write import atomic_write_text
+        atomic_write_text(path, json.dumps(reference_solution(defn), indent=2) + "\n")
         rep.solutions.append(rel)
