@@ -24,6 +24,7 @@ COMMANDS = {
     "coverage": "defc.cmd_coverage",
     "gap-report": "defc.cmd_gap_report",
     "workloads": "defc.cmd_workloads",
+    "cost": "defc.cmd_cost",
 }
 
 
