@@ -158,7 +158,7 @@ BUILDER_KINDS = ("layout", "uniform", "normal", "fill", "randint", "softmax", "b
 E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
 
-def _builder_kind(spec: Dict[str, Any], what: str) -> str:
+def builder_kind(spec: Dict[str, Any], what: str) -> str:
     kinds = [k for k in BUILDER_KINDS if k in spec]
     if len(kinds) != 1:
         raise RecipeError(f"{what}: an input builder needs exactly one of {', '.join(BUILDER_KINDS)}")
@@ -172,7 +172,7 @@ def build_tensor(spec: Dict[str, Any], shape: Optional[Tuple[int, ...]], dtype: 
                  arrays: Dict[str, Any], gen, what: str):
     """One input from a builder; shape None is a scalar."""
     import torch
-    kind = _builder_kind(spec, what)
+    kind = builder_kind(spec, what)
     arg = spec[kind]
     if kind == "value":
         return formula_value(arg, env, what)
@@ -351,15 +351,21 @@ def build_case(defn: Dict[str, Any], inst, vb: Dict[str, Any], seed: int, cfg: D
     return case
 
 
-def _check_constraints(defn, case: Case) -> None:
-    scope = dict(case.values)
-    scope.update(case.inputs)
+def constraint_problem(defn, scope) -> Optional[str]:
+    """Why the definition's constraints do not hold for these axis values and tensors (None when
+    they all do).  The constraints are the definition's own text (defc's output), evaluated
+    without builtins on values made here."""
     for c in defn.get("constraints") or []:
         try:
-            # the definition's own constraint text (defc's output), on tensors made here
             ok = bool(eval(compile(str(c), "<constraint>", "eval"), {"__builtins__": {}}, dict(scope)))  # noqa: S307
         except Exception as e:
-            raise RecipeError(f"constraint {c!r} cannot be checked on the generated inputs ({type(e).__name__}: {e})")
+            return f"constraint {c!r} cannot be checked on the generated inputs ({type(e).__name__}: {e})"
         if not ok:
-            raise RecipeError(f"the generated inputs do not satisfy constraint {c!r} "
-                              f"({', '.join(f'{k}={v}' for k, v in case.var_sizes(defn).items())})")
+            return f"the generated inputs do not satisfy constraint {c!r}"
+    return None
+
+
+def _check_constraints(defn, case: Case) -> None:
+    problem = constraint_problem(defn, {**case.values, **case.inputs})
+    if problem:
+        raise RecipeError(f"{problem} ({', '.join(f'{k}={v}' for k, v in case.var_sizes(defn).items())})")

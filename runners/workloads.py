@@ -22,13 +22,12 @@ import random
 import uuid as _uuid
 import zlib
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from defc.compiler.errors import DefcError
 from defc.compiler.load import load_safe_yaml
 
-from .verify_inputs import (RecipeError, _builder_kind, build_tensor, default_tensor, int_value,
+from .verify_inputs import (RecipeError, build_tensor, builder_kind, constraint_problem, default_tensor, int_value,
                             sequence_layout, torch_dtype, truth)
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workloads.yaml")
@@ -197,7 +196,7 @@ def build_workload(defn: Dict[str, Any], inst, sc: Dict[str, Any], cfg: Dict[str
             continue
         tdt = torch_dtype(dt)
         integral = not tdt.is_floating_point
-        store = integral or (b is not None and (_builder_kind(b, k) in STORED_FLOAT_BUILDERS or "scale" in k))
+        store = integral or (b is not None and (builder_kind(b, k) in STORED_FLOAT_BUILDERS or "scale" in k))
         if not store:
             out_inputs[k] = {"type": "random"}
             scope[k] = torch.empty(dims, dtype=tdt, device="meta")
@@ -218,13 +217,9 @@ def build_workload(defn: Dict[str, Any], inst, sc: Dict[str, Any], cfg: Dict[str
         tensors[k] = x
         out_inputs[k] = {"type": "safetensors"}
         scope[k] = x
-    for c in defn.get("constraints") or []:
-        try:
-            ok = bool(eval(compile(str(c), "<constraint>", "eval"), {"__builtins__": {}}, dict(scope)))  # noqa: S307
-        except Exception as e:
-            raise Skip(f"constraint {c!r} cannot be checked on the generated inputs ({type(e).__name__}: {e})")
-        if not ok:
-            raise Skip(f"the generated inputs do not satisfy constraint {c!r}")
+    problem = constraint_problem(defn, scope)
+    if problem:
+        raise Skip(problem)
     return Built({k: values[k] for k in var}, out_inputs, tensors)
 
 
