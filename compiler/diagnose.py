@@ -12,7 +12,7 @@ fact — are not ``status:verified``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Set, Tuple
 
 from . import formula as F
 from .check import Spec
@@ -163,11 +163,3 @@ def unverified(found: Sequence[Finding]) -> Dict[str, List[str]]:
         for name in f.definitions:
             out.setdefault(name, []).append(f.subject)
     return out
-
-
-def status_line(found: Sequence[Finding], slug: str) -> Optional[str]:
-    gaps = sum(1 for f in found if f.kind == "gap")
-    warns = len(found) - gaps
-    if not found:
-        return None
-    return f"{slug}: {gaps} gap(s), {warns} warning(s)"

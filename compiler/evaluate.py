@@ -40,10 +40,6 @@ class Gap:
     why: str
     where: str                         # the spec location that decided it
 
-    def line(self) -> str:
-        what = f"{self.family}" + (f" ({self.definition})" if self.definition else "")
-        return f"{what} at {self.serving}: {self.why} [{self.where}]"
-
 
 @dataclass
 class Instance:
