@@ -463,7 +463,7 @@ def test_soft_cap_references_against_independent_math(corpus):
     docs = corpus("gemma-2-9b", tp=[8])                 # h2 kv1 d256: small enough for CPU
     gen = torch.Generator().manual_seed(50)
     scale = 0.0625
-    kv_lens, qo_lens = [70, 5, 130], [3, 5, 1]
+    kv_lens = [70, 5, 130]                              # queries per sequence: 3, 5, 1 (qo_indptr)
     k_cache, v_cache, indptr, indices, last, dense = paged_cache(kv_lens, 64, 1, 256, gen)
     qo_indptr = torch.tensor([0, 3, 8, 9], dtype=torch.int32)
     # large queries: logits of a few hundred, where the cap (50) decides the result

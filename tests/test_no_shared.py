@@ -1,6 +1,5 @@
 """The suite passes from a bare clone: no test reads ../shared (the project's reference material beside
 the repository).  What tests need from it is vendored as facts under tests/data."""
-import io
 import os
 import shutil
 import subprocess

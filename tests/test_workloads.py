@@ -1,7 +1,6 @@
 """defc workloads: a compiled dataset gets flashinfer-bench workloads and baseline solutions that
 flashinfer_bench's TraceSet loads; every workload is valid against its definition; references run
 on the smoke workloads."""
-import json
 import os
 import subprocess
 import sys
