@@ -152,7 +152,7 @@ def sequence_layout(spec: Dict[str, Any], env: Dict[str, Any], rng: random.Rando
 
 
 BUILDER_KINDS = ("layout", "uniform", "normal", "fill", "randint", "softmax", "bytes", "value", "rsqrt", "eye",
-                 "permutation", "e2m1")
+                 "permutation", "e2m1", "rotary")
 
 # The FP4 (e2m1) grid by code: FlashInfer's packed layout stores code(2i) in the low nibble of byte i.
 E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
@@ -222,6 +222,14 @@ def build_tensor(spec: Dict[str, Any], shape: Optional[Tuple[int, ...]], dtype: 
     elif kind == "e2m1":                      # values of the FP4 grid times a scale (packable: pack_e2m1)
         codes = torch.randint(0, 16, shape, generator=gen)
         x = torch.tensor(E2M1_GRID, dtype=torch.float32)[codes] * float(formula_value(arg, env, what))
+    elif kind == "rotary":                    # a cos/sin table: row t is cos(t*f_i) then sin(t*f_i), f_i = base^(-2i/d)
+        d = shape[-1]
+        if len(shape) < 2 or d % 2:
+            raise RecipeError(f"{what}: a rotary table is [positions, even width], got shape {tuple(shape)}")
+        base = float(formula_value(arg, env, what))
+        freq = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+        ang = torch.arange(shape[-2], dtype=torch.float64)[:, None] * freq[None, :]
+        x = torch.cat([torch.cos(ang), torch.sin(ang)], dim=-1).to(torch.float32).expand(shape)
     elif kind == "softmax":
         t = float(formula_value(arg, env, what))
         x = torch.softmax(torch.randn(shape, generator=gen, dtype=torch.float32) * t, dim=-1)
