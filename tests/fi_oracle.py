@@ -13,13 +13,9 @@ os.environ.pop("FLASHINFER_TRACE_DUMP_DIR", None)   # .fi_trace() writes there w
 
 @functools.lru_cache(maxsize=1)
 def flashinfer():
-    import flashinfer  # noqa: F401
-    import importlib
-    for mod in ("flashinfer.gdn_decode", "flashinfer.gdn_prefill"):
-        try:
-            importlib.import_module(mod)
-        except Exception:
-            pass
+    from defc.runners.flashinfer_api import import_flashinfer
+    import_flashinfer()
+    import flashinfer
     return flashinfer
 
 
@@ -46,6 +42,19 @@ def resolve(api_path: str):
 
 def fi_trace(api_path: str, **kwargs) -> Dict[str, Any]:
     return resolve(api_path).fi_trace(**kwargs)
+
+
+def template(obj, label: str):
+    """The TraceTemplate named ``label`` (its name_prefix, else its op_type) behind a public attribute of a
+    ``flashinfer.trace.templates`` module: the attribute itself when it is a template, else one of the
+    templates a dispatching callable lists in its public ``.templates`` (FlashInfer turned some single
+    templates into dispatchers over several, e.g. GDN prefill in 0.7.4)."""
+    from flashinfer.trace import TraceTemplate
+    found = [obj] if isinstance(obj, TraceTemplate) else list(getattr(obj, "templates", None) or ())
+    for t in found:
+        if (t.name_prefix or t.op_type) == label:
+            return t
+    raise LookupError(f"no trace template {label!r} among {[t.name_prefix or t.op_type for t in found]}")
 
 
 def const_axes(defn) -> Dict[str, int]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import compile_defs, load_reference
-from fi_oracle import concrete_shape, const_axes, fi_trace, flashinfer, meta
+from fi_oracle import concrete_shape, const_axes, fi_trace, flashinfer, meta, template
 
 MODEL = "qwen3-next-80b-a3b"
 
@@ -156,7 +156,8 @@ def test_prefill_matches_flashinfer_reference_and_sglang(cookbook):
     state = torch.randn(3, 8, 128, 128) * 0.1
     out, new_state = run(q, k, v, state, A_log, a, dt_bias, b, cu, None)
     assert out.shape == (9, 8, 128) and new_state.shape == (3, 8, 128, 128)
-    want_out, want_state = _fi_templates().gdn_prefill_trace.reference(q, k, v, state, A_log, a, dt_bias, b, cu, None)
+    fi_reference = template(_fi_templates().gdn_prefill_trace, "gdn_prefill").reference
+    want_out, want_state = fi_reference(q, k, v, state, A_log, a, dt_bias, b, cu, None)
     torch.testing.assert_close(out.float(), want_out.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(new_state, want_state, atol=1e-4, rtol=1e-4)
     # each sequence restarts from its own state
@@ -167,7 +168,7 @@ def test_prefill_matches_flashinfer_reference_and_sglang(cookbook):
         torch.testing.assert_close(new_state[n], ws.float(), atol=1e-3, rtol=1e-3)
     # absent state: zeros
     out0, _ = run(q, k, v, None, A_log, a, dt_bias, b, cu, None)
-    wo0, _ = _fi_templates().gdn_prefill_trace.reference(q, k, v, None, A_log, a, dt_bias, b, cu, None)
+    wo0, _ = fi_reference(q, k, v, None, A_log, a, dt_bias, b, cu, None)
     torch.testing.assert_close(out0.float(), wo0.float(), atol=2e-2, rtol=2e-2)
 
 
