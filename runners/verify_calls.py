@@ -257,7 +257,10 @@ def recipe_args(inst, case: Case, device: str, tensors) -> Tuple[str, Dict[str, 
             items = [mat(x) for x in v.items]
             return tuple(items) if v.kind == "tuple" else items
         return v
-    return call.api, {k: mat(v) for k, v in call.kwargs.items()}
+    # a recipe traces with stand-in values (rank 0's expert offset, …); an API parameter that is one of
+    # the definition's scalar inputs gets the input, as the reference does
+    scalars = {k for k, t in (inst.inputs or {}).items() if t.get("shape") is None}
+    return call.api, {k: (tensors[k] if k in scalars and k in tensors else mat(v)) for k, v in call.kwargs.items()}
 
 
 def api_object(path: str):
