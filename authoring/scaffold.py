@@ -242,8 +242,17 @@ def _dtype_of(t, by_param: Dict[str, str], chosen: Dict[str, str], name: str) ->
 def _definition_from_template(api: str, tmpl, label: str, family: str, known: set, hints: Dict[str, dict],
                               ref_template: str, notes: List[str]) -> Tuple[List[str], str]:
     """(YAML lines of one definitions[] entry, the reference template text)."""
-    kinds = {k: type(a).__name__ for k, a in tmpl.axes.items()}
+    # a Const with an ``extract`` callable is derived from optional call arguments, and FlashInfer leaves it
+    # out of the definition (name and axes) when the call does not give it: not scaffolded unless a tensor
+    # shape names it
+    shaped = {d for t in [*tmpl.inputs.values(), *tmpl.outputs.values()] for d in (getattr(t, "dim_names", None) or [])}
+    derived = [k for k, a in tmpl.axes.items() if getattr(a, "extract", None) is not None and k not in shaped]
+    axes = {k: a for k, a in tmpl.axes.items() if k not in derived}
+    kinds = {k: type(a).__name__ for k, a in axes.items()}
     const = [k for k, v in kinds.items() if v == "Const"]
+    if derived:
+        notes.append(f"{label}: left out of axes and name: {', '.join(derived)} (derived from optional arguments; "
+                     f"FlashInfer leaves them out of a definition when a call does not set them)")
     constraints = [str(c) for c in (getattr(tmpl, "constraints", None) or [])]
     # tensors
     by_param: Dict[str, str] = {}
@@ -294,7 +303,7 @@ def _definition_from_template(api: str, tmpl, label: str, family: str, known: se
     todo: List[str] = []
     checks: List[str] = []
     const_now: List[str] = []
-    for k, a in tmpl.axes.items():
+    for k, a in axes.items():
         desc = _text(getattr(a, "description", "")) or k.replace("_", " ")
         if kinds[k] == "Var":
             if k not in used_dims and k in out_dims:

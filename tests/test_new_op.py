@@ -97,6 +97,22 @@ def test_from_fi_api_in_place_output_and_derived_axis(ws, capsys):
     assert lint_errors("specs/mysilu.yaml") == []
 
 
+def test_from_fi_api_leaves_out_a_const_derived_from_optional_arguments(ws, capsys, monkeypatch):
+    # FlashInfer (0.7.4 on) has Const(extract=...) axes, absent from a definition when the call does not set
+    # them: give the real rmsnorm template one (on the Const object itself, so any FlashInfer version takes it)
+    from flashinfer.trace import Const
+    from flashinfer.trace.templates.norm import rmsnorm_trace
+    flag = Const(abbrev="f", description="a flag derived from an optional argument")
+    flag.extract = lambda kwargs: None
+    monkeypatch.setitem(rmsnorm_trace.axes, "demo_flag", flag)
+    assert new_op("myrms", "--from-fi-api", "flashinfer.norm.rmsnorm") == 0
+    text = open("specs/myrms.yaml").read()
+    notes, definitions = text.split("\ndefinitions:\n", 1)
+    assert "left out of axes and name: demo_flag" in notes
+    assert 'name: "rmsnorm_h{hidden_size}"' in definitions and "demo_flag" not in definitions
+    assert lint_errors("specs/myrms.yaml") == []
+
+
 def test_bad_requests_are_one_line_errors(ws, capsys):
     assert new_op("x", "--from-fi-api", "flashinfer.norm.no_such_api") == 2
     err = capsys.readouterr().err
