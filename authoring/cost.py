@@ -280,18 +280,22 @@ def costs_for(instances, serving, symbols: Dict[str, Any], scenario: str = "") -
 
 def model_costs(model: str, scenarios: Sequence[str], tp: int = 1, all_scenarios: Optional[Dict] = None,
                 config=None, ep: Optional[int] = None, quantization: Optional[str] = None,
-                dp: Optional[int] = None) -> List[ScenarioCosts]:
+                dp: Optional[int] = None, with_serving: bool = False):
     """Compile the model in memory at ``tp`` / ``ep`` / ``dp`` / ``quantization`` (nothing is
-    written) and cost its first serving configuration at each scenario."""
+    written) and cost its first serving configuration at each scenario (``with_serving``: also
+    return that configuration's label with its quantization, e.g. ``tp8 ep8 fp8``)."""
     from defc.compiler.predictions import compile_predictions
     all_scenarios = all_scenarios if all_scenarios is not None else load_scenarios()
     for s in scenarios:
         if s not in all_scenarios:
             raise DefcError(f"no scenario '{s}' (one of: {', '.join(all_scenarios)})", field="--scenario")
-    result = compile_predictions(model, [tp], [ep] if ep else None, quantization, config=config,
+    result = compile_predictions(model, [tp], [ep] if ep else None, [quantization] if quantization else None, config=config,
                                  dp=[dp] if dp else None)
     serving = result.servings[0]
-    return [costs_for(result.instances, serving, all_scenarios[s], s) for s in scenarios]
+    out = [costs_for(result.instances, serving, all_scenarios[s], s) for s in scenarios]
+    quant = next((i.quantization for insts in result.instances.values() for i in insts if i.serving == serving),
+                 serving.quantization or "")
+    return (out, f"{serving.label()} {quant}".strip()) if with_serving else out
 
 
 def rows(sc: ScenarioCosts, gpu: dict) -> List[dict]:
@@ -323,6 +327,8 @@ def symbolic_text(text: Any, env: Dict[str, Any], keep) -> str:
     tree = ast.parse(str(text).strip(), mode="eval").body
 
     def fold(node):
+        if isinstance(node, ast.IfExp) and not (_parse(ast.unparse(node.test)).symbols & keep):
+            return fold(node.body if F.to_python(_parse(ast.unparse(node.test)).evaluate(env)) else node.orelse)
         if isinstance(node, ast.expr) and not (_parse(ast.unparse(node)).symbols & keep):
             v = F.to_python(_parse(ast.unparse(node)).evaluate(env))
             return ast.Constant(v)
@@ -338,7 +344,12 @@ def symbolic_text(text: Any, env: Dict[str, Any], keep) -> str:
         expr = F.parse(out).expr
     except F.FormulaError:
         expr = None
-    return str(expr) if expr is not None else out
+    if expr is None:
+        return out
+    text = str(expr)                           # sympy's spellings back to the formula language's
+    for a, b in (("ceiling(", "ceil("), ("Max(", "max("), ("Min(", "min(")):
+        text = text.replace(a, b)
+    return text
 
 
 def side_doc(model: str, serving_label: str, gpu_key: str, gpu: dict, per_scenario: List[Tuple[str, Cost]]) -> dict:
@@ -378,9 +389,9 @@ def side_path(out: str, op_type: str, name: str) -> str:
 def write_side_files(out: str, model: str, serving_label: str, gpu_key: str, gpu: dict,
                      results: List[ScenarioCosts], force: bool = False) -> Dict[str, List[str]]:
     """Write ``out/cost/{op_type}/{name}.json`` for each costed definition, atomically.  A file
-    already there keeps its entries for other models / serving configurations (this one's is added);
-    an entry of this model and serving that differs is a collision, reported and left as it is
-    unless ``force``.  Returns the paths by outcome: new, updated, unchanged, collision."""
+    already there keeps its entries for other models / serving configurations (this one's is added)
+    and this one's other scenarios; an entry of this model and serving whose formulas, GPU or a
+    scenario's numbers differ is a collision, reported and left as it is unless ``force``.  Returns the paths by outcome: new, updated, unchanged, collision."""
     from defc.compiler.write import atomic_write_text
     by_name: Dict[str, List[Tuple[str, Cost]]] = {}
     for sc in results:
@@ -404,19 +415,38 @@ def write_side_files(out: str, model: str, serving_label: str, gpu_key: str, gpu
                 old = None
             if old is not None:
                 mine = json.loads(json.dumps(doc["costs"][key]))
-                if old.get("costs", {}).get(key) == mine:
+                theirs = old["costs"].get(key)
+                if theirs == mine:
                     done["unchanged"].append(path)
                     continue
-                if key in old["costs"] and not force:
-                    done["collision"].append(path)
-                    continue
-                doc = {**old, "costs": {**old["costs"], key: doc["costs"][key]}}
-                doc["costs"] = dict(sorted(doc["costs"].items()))
+                if theirs is not None and not force:
+                    merged = _merge_entry(theirs, mine)
+                    if merged is None:
+                        done["collision"].append(path)
+                        continue
+                    if merged == theirs:
+                        done["unchanged"].append(path)
+                        continue
+                    mine = merged
+                doc = {**old, "costs": dict(sorted({**old["costs"], key: mine}.items()))}
                 status = "updated"
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write_text(path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
         done[status].append(path)
     return done
+
+
+def _merge_entry(old: dict, new: dict) -> Optional[dict]:
+    """One model's entry written before and now: the same formulas, cases and GPU, scenarios
+    added (a scenario with other numbers is a collision: None)."""
+    if {k: v for k, v in old.items() if k != "scenarios"} != {k: v for k, v in new.items() if k != "scenarios"}:
+        return None
+    scen = dict(old.get("scenarios") or {})
+    for name, v in new["scenarios"].items():
+        if name in scen and scen[name] != v:
+            return None
+        scen[name] = v
+    return {**old, "scenarios": dict(sorted(scen.items()))}
 
 
 # --- text ------------------------------------------------------------------------------------------
