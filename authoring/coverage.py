@@ -192,9 +192,23 @@ class TraceRegistry:
     traced: Dict[str, List[str]]          # api name (incl. public aliases) -> template labels
     untraced: List[str]                   # public FlashInfer callables with no trace template
     source: str                           # "flashinfer X.Y (live)" or the bundled file
+    aliases: Dict[str, str] = field(default_factory=dict)    # public alias -> the fi_api FlashInfer records
+    op_types: Dict[str, str] = field(default_factory=dict)   # template label -> its op_type
 
     def has_template(self, api: Optional[str]) -> bool:
         return bool(api) and (api in self.traced or f"{api}.run" in self.traced)
+
+    def canonical(self, api: Optional[str]) -> Optional[str]:
+        """The fi_api FlashInfer records for a traced name (a public alias, or a class for its ``run``)."""
+        for name in (api, f"{api}.run") if api else ():
+            if name in self.traced:
+                return self.aliases.get(name, name)
+        return None
+
+    def templates(self) -> List[Tuple[str, str, str]]:
+        """(fi_api, label, op_type) of every trace template, each under the fi_api FlashInfer records."""
+        return [(api, lab, self.op_types.get(lab, "")) for api, labs in self.traced.items()
+                if api not in self.aliases for lab in labs]
 
     def exists(self, api: Optional[str]) -> Optional[bool]:
         """True / False when known; None when the bundled list cannot tell."""
@@ -360,13 +374,18 @@ def live_registry() -> TraceRegistry:
     entries = trace_entries()
     aliases = trace_aliases(entries)
     traced: Dict[str, List[str]] = {}
+    op_types: Dict[str, str] = {}
     for e in entries:
         labels = traced.setdefault(e.fi_api, [])
         if e.label not in labels:
             labels.append(e.label)
+        op_types.setdefault(e.label, e.template.op_type)
     canonical = dict(traced)
+    public_names: Dict[str, str] = {}
 
     def alias(public: str, canon: str):
+        if public != canon and public not in canonical:
+            public_names.setdefault(public, canon)
         labels = traced.setdefault(public, [])
         for lab in canonical[canon]:
             if lab not in labels:
@@ -407,7 +426,8 @@ def live_registry() -> TraceRegistry:
     # APIs without a template: public FlashInfer callables of the modules that host traced APIs
     untraced = sorted(p for p in public_objs if p.rsplit(".", 1)[0] in api_modules and p not in traced)
     version = getattr(fi, "__version__", "?")
-    return TraceRegistry({k: traced[k] for k in sorted(traced)}, untraced, f"flashinfer {version} (live)")
+    return TraceRegistry({k: traced[k] for k in sorted(traced)}, untraced, f"flashinfer {version} (live)",
+                         {k: public_names[k] for k in sorted(public_names)}, {k: op_types[k] for k in sorted(op_types)})
 
 
 def resolves(api: str) -> bool:
@@ -422,7 +442,8 @@ def bundled_registry(path: str = BUNDLED_APIS) -> TraceRegistry:
     with open(path, encoding="utf-8") as fh:
         data = json.load(fh)
     return TraceRegistry(dict(data.get("traced") or {}), list(data.get("untraced") or []),
-                         f"bundled {display_path(path)} ({data.get('flashinfer', '?')})")
+                         f"bundled {display_path(path)} ({data.get('flashinfer', '?')})",
+                         dict(data.get("aliases") or {}), dict(data.get("op_types") or {}))
 
 
 def registry(live: Optional[bool] = None) -> TraceRegistry:
@@ -436,7 +457,7 @@ def write_bundled(path: str = BUNDLED_APIS) -> TraceRegistry:
     from defc.compiler.write import atomic_write_text
     reg = live_registry()
     data = {"generated_by": "defc coverage --write-fi-api-list", "flashinfer": reg.source.replace(" (live)", ""),
-            "traced": reg.traced, "untraced": reg.untraced}
+            "traced": reg.traced, "untraced": reg.untraced, "aliases": reg.aliases, "op_types": reg.op_types}
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
     return reg
 
@@ -584,6 +605,40 @@ def gaps(preds: List[ModelPrediction], reg: TraceRegistry) -> List[Gap]:
                 ms.append(mp.model)
     order = {"no-template": 0, "unknown-api": 1, "no-api": 2}
     return sorted(out.values(), key=lambda g: (order[g.kind], g.key))
+
+
+def spec_apis(specs: Sequence[str] = (), specs_dir: str = SPECS_DIR) -> Tuple[Dict[str, List[str]], List[DefcError]]:
+    """FlashInfer API -> the specs whose definitions name it (as ``fi_api``, or as the ``api`` of a ``trace:``
+    recipe or of one of its ``calls``), and the problems of specs that do not load."""
+    from defc.compiler.check import load_spec
+    good, problems = usable_specs(specs, specs_dir)
+    out: Dict[str, List[str]] = {}
+    for path in good:
+        for d in load_spec(path).definitions:
+            trace = d.get("trace") if isinstance(d.get("trace"), dict) else {}
+            calls = [trace] + [c for c in (trace.get("calls") or []) if isinstance(c, dict)]
+            for api in [d.get("fi_api")] + [c.get("api") for c in calls]:
+                if isinstance(api, str) and api and display_path(path) not in out.setdefault(api, []):
+                    out[api].append(display_path(path))
+    return out, problems
+
+
+def uncovered_templates(reg: TraceRegistry, apis) -> List[Tuple[str, str, str]]:
+    """(fi_api, label, op_type) of the trace templates whose API none of ``apis`` names (public aliases and a
+    class for its ``run`` count as the API), by op_type."""
+    covered = {reg.canonical(a) for a in apis}
+    return sorted((t for t in reg.templates() if t[0] not in covered), key=lambda t: (t[2], t[0], t[1]))
+
+
+def uncovered_markdown(rows: List[Tuple[str, str, str]], reg: TraceRegistry) -> str:
+    lines = [f"## Trace templates no defc spec covers ({len(rows)}; {reg.source})", "",
+             "FlashInfer APIs with a trace template that no spec definition names (as `fi_api` or in its `trace:` "
+             "recipe): candidates for a new spec (`defc new-op NAME --from-fi-api API`).", ""]
+    if not rows:
+        return "\n".join(lines + ["Every trace template's API is named by a spec."]) + "\n"
+    lines += ["| fi_api | template | op_type |", "|---|---|---|"]
+    lines += [f"| `{api}` | {label} | {op_type} |" for api, label, op_type in rows]
+    return "\n".join(lines) + "\n"
 
 
 def gap_issue(g: Gap, reg: TraceRegistry) -> Tuple[str, str]:

@@ -88,7 +88,7 @@ def test_missing_definitions_and_where_they_come_from(ws, capsys):
 
 def test_gap_report_drafts_one_issue_per_api(ws, capsys):
     assert main(["gap-report", "--models", "llama-3.1-8b,qwen3-14b", "--format", "json", *common()]) == 0
-    issues = json.loads(capsys.readouterr().out)
+    issues = json.loads(capsys.readouterr().out)["issues"]
     kinds = {i["kind"]: i for i in issues}
     assert set(kinds) == {"no-template", "unknown-api", "no-api"}
     t = kinds["no-template"]
@@ -100,7 +100,41 @@ def test_gap_report_drafts_one_issue_per_api(ws, capsys):
     assert "rmsnorm_typo" in kinds["unknown-api"]["title"]
     assert main(["gap-report", "--models", "llama-3.1-8b", *common()]) == 0
     md = capsys.readouterr().out
-    assert md.startswith("# Gap report (3 issue(s)") and len(re.findall(r"^## ", md, re.M)) == 3
+    assert md.startswith("# Gap report (3 issue(s)") and len(re.findall(r"^## ", md, re.M)) == 4   # + templates
+
+
+# trace templates FlashInfer 0.7.2.post1 registers (read from flashinfer/trace/templates and the
+# @flashinfer_api(trace=...) decorators): (fi_api FlashInfer records, name_prefix, op_type)
+MIN_P = ("flashinfer.sampling.min_p_sampling_from_probs", "min_p_sampling", "sampling")
+LLAMA31_ROPE = ("flashinfer.rope.apply_llama31_rope", "llama31_rope", "rope")
+GQA_DECODE = ("flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper.run", "gqa_paged_decode", "gqa_paged")
+GEMMA_RMSNORM = ("flashinfer.norm.gemma_rmsnorm", "gemma_rmsnorm", "rmsnorm")
+
+
+def test_gap_report_lists_trace_templates_no_spec_covers(ws, capsys):
+    assert main(["gap-report", "--models", "llama-3.1-8b", "--format", "json", *common()]) == 0
+    data = json.loads(capsys.readouterr().out)
+    rows = {(t["fi_api"], t["template"], t["op_type"]) for t in data["uncovered_templates"]}
+    # this workspace's specs: rmsnorm.yaml (rmsnorm, fused_add, gemma, gemma fused_add) and the demo families
+    assert {MIN_P, LLAMA31_ROPE, GQA_DECODE} <= rows
+    assert GEMMA_RMSNORM not in rows and not any(r[0] == "flashinfer.norm.rmsnorm" for r in rows)
+    assert "0.7.2.post1" in data["fi_registry"]
+    assert main(["gap-report", "--models", "llama-3.1-8b", *common()]) == 0
+    md = capsys.readouterr().out
+    section = md.split("## Trace templates no defc spec covers (", 1)[1]
+    assert section.startswith(f"{len(rows)}; bundled ")
+    assert "| `flashinfer.sampling.min_p_sampling_from_probs` | min_p_sampling | sampling |" in section
+
+
+def test_project_specs_cover_their_apis_and_not_others():
+    # the project's specs name the paged decode wrapper (as the class) and gemma_rmsnorm; nothing names
+    # min_p sampling or the Llama 3.1 RoPE (true of FlashInfer 0.7.2.post1 and of 0.7.4)
+    apis, problems = C.spec_apis()
+    assert problems == [] and "flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper" in apis
+    for reg in (C.registry(live=True), C.bundled_registry()):
+        rows = set(C.uncovered_templates(reg, apis))
+        assert {MIN_P, LLAMA31_ROPE} <= rows and not rows & {GQA_DECODE, GEMMA_RMSNORM}, reg.source
+        assert not any(reg.canonical(api) in {r[0] for r in rows} for api in apis), reg.source
 
 
 def test_matrix_counts_per_family(ws, capsys):
