@@ -29,7 +29,12 @@ def register(sub) -> None:
     p.add_argument("--cookbook", metavar="DIR", help="sgl-cookbook clone or its generated YAMLs "
                                                      "(default: tmp/sgl-cookbook if present, else the bundled snapshot)")
     p.add_argument("--dry-run", action="store_true", help="print what would be written; write nothing")
+    p.add_argument("--workloads", action="store_true",
+                   help="then write flashinfer-bench workloads and baseline solutions into OUT, as defc workloads "
+                        "does (needs torch and safetensors)")
     p.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    from defc.cmd_workloads import add_options
+    add_options(p)
     p.add_argument("--skip-existing", dest="skip_existing", action="store_true", default=True,
                    help="leave present definitions alone, merging model tags (default)")
     p.add_argument("--no-skip-existing", dest="skip_existing", action="store_false",
@@ -198,6 +203,8 @@ def run(args) -> int:
             raise DefcErrors([DefcError(f"nothing to compile: {x}") for x in reasons])
         for x in reasons:
             print(f"defc: note: {x}", file=sys.stderr)
+    if args.workloads and args.dry_run:
+        raise DefcError("--workloads writes files: not with --dry-run", field="--workloads")
     if args.strict and found:
         for slug, f in found:                           # --strict: each finding is an error; nothing written
             print(f"defc: error: {slug}: {f.line()}", file=sys.stderr)
@@ -219,6 +226,10 @@ def run(args) -> int:
             files = {p.path for r in results for p in r.planned if p.status in WRITES}
             verb = "would write" if args.dry_run else "wrote"
             print(f"{len(results)} models: {verb} {len(files)} files into {opts.out}")
+    if args.workloads:
+        from defc.cmd_workloads import write
+        from defc.runners.solutions import instances_of
+        write(args, opts.out, instances_of(results))
     if args.explain:
         _explain(results, opts)
     _print_findings(found, v)

@@ -11,22 +11,67 @@ def register(sub) -> None:
                                    "DATASET/workloads/{op_type}/{name}.jsonl: one workload per serving scenario of "
                                    "runners/workloads.yaml that applies (decode at batch 1/8/32/128, prefill, chunked "
                                    "prefill, long context), index structures as safetensors under blob/workloads/, "
-                                   "scalars with the model's values, float tensors random; and "
-                                   "DATASET/solutions/baseline/{op_type}/{name}/reference.json (a Python solution "
-                                   "running the reference). A definition whose inputs cannot be made valid is "
-                                   "skipped with its reason printed. Needs torch and safetensors.")
+                                   "scalars with the model's values, float tensors random; and baseline solutions "
+                                   "under DATASET/solutions/baseline/{op_type}/{name}/: flashinfer.json (calls the "
+                                   "definition's FlashInfer API as defc verify does; flashinfer_alternative.json for a "
+                                   "same-math alternative kernel) and reference.json (runs the reference). A "
+                                   "definition whose inputs cannot be made valid is skipped with its reason printed. "
+                                   "Needs torch and safetensors. (defc compile --workloads does the same right after "
+                                   "compiling.)")
     p.add_argument("dataset", metavar="DATASET", help="dataset folder (defc compile's --out)")
     p.add_argument("--model", required=True, help="the model DATASET was compiled for (catalogue slug, config, repo id)")
     p.add_argument("--tp", help="TP sizes, comma list (as given to defc compile)")
     p.add_argument("--ep", help="EP sizes, comma list (as given to defc compile)")
     p.add_argument("--dp", help="DP sizes, comma list (as given to defc compile)")
     p.add_argument("--quantization", help="quantization key (as given to defc compile)")
+    add_options(p)
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=run)
+
+
+def add_options(p) -> None:
+    """The options defc compile --workloads shares."""
     p.add_argument("--scenarios", help="scenario sets of runners/workloads.yaml, comma list (default: its default_sets)")
     p.add_argument("--definitions", help="only these definition names, comma list")
     p.add_argument("--seed", type=int, default=None, help="seed (default: runners/workloads.yaml's)")
     p.add_argument("--no-solutions", action="store_true", help="write no baseline solutions")
-    p.add_argument("--format", choices=["table", "json"], default="table")
-    p.set_defaults(func=run)
+
+
+def write(args, dataset: str, instances) -> None:
+    """Write the workloads and solutions and print what was done (table or JSON)."""
+    from defc.output import comma_list
+    from defc.runners import solutions as S
+    names = comma_list(args.definitions)
+    rep, written, missing = S.write_benchmark_files(dataset, instances, comma_list(args.scenarios), args.seed, names,
+                                                    solutions=not args.no_solutions)
+    if getattr(args, "format", "table") == "json" and args.command != "workloads":
+        return                      # defc compile --format json: its own JSON stays the only output
+    if getattr(args, "format", "table") == "json":
+        json.dump({"written": [dict(zip(("definition", "scenario", "uuid"), w)) for w in rep.written],
+                   "skipped": [dict(zip(("definition", "scenario", "why"), w)) for w in rep.skipped],
+                   "not_applicable": [dict(zip(("definition", "scenario", "why"), w)) for w in rep.not_applicable],
+                   "solutions": written,
+                   "no_flashinfer_solution": [dict(zip(("definition", "why"), m)) for m in missing]},
+                  sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    if getattr(args, "quiet", False):
+        return
+    skipped = {}
+    for d, sc, why in rep.skipped:
+        skipped.setdefault(d, []).append((sc, why))
+    for d, items in sorted(skipped.items()):
+        whys = sorted({w for _, w in items})
+        print(f"skipped {d} ({len(items)} scenario(s)): " + "; ".join(whys))
+    if getattr(args, "verbose", 0):
+        for d, why in missing:
+            print(f"no FlashInfer solution for {d}: {why}")
+    per = {d for d, _, _ in rep.written}
+    fi = sum(1 for p in written if not p.endswith("reference.json"))
+    print(f"{len(rep.written)} workload(s) for {len(per)} definition(s), {len(rep.skipped)} skipped, "
+          f"{len(rep.not_applicable)} scenario(s) not applicable; {len(written)} baseline solution(s) "
+          f"({fi} calling FlashInfer, {len(missing)} definition(s) without one{'' if getattr(args, 'verbose', 0) else ': -v lists why'}) "
+          f"in {dataset}")
 
 
 def run(args) -> int:
@@ -35,29 +80,5 @@ def run(args) -> int:
     from defc.runners import workloads as W
     inst = W.instances_for(args.model, parse_int_list(args.tp, "--tp"), parse_int_list(args.ep, "--ep"),
                            comma_list(args.quantization), parse_int_list(args.dp, "--dp"))
-    names = comma_list(args.definitions)
-    rep = W.write_workloads(args.dataset, inst, comma_list(args.scenarios), args.seed, names)
-    if not args.no_solutions:
-        W.write_solutions(args.dataset, rep, names)
-    if args.format == "json":
-        json.dump({"written": [dict(zip(("definition", "scenario", "uuid"), w)) for w in rep.written],
-                   "skipped": [dict(zip(("definition", "scenario", "why"), w)) for w in rep.skipped],
-                   "not_applicable": [dict(zip(("definition", "scenario", "why"), w)) for w in rep.not_applicable],
-                   "solutions": rep.solutions}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
-    if getattr(args, "quiet", False):
-        return 0
-    per = {}
-    for d, _, _ in rep.written:
-        per[d] = per.get(d, 0) + 1
-    skipped = {}
-    for d, sc, why in rep.skipped:
-        skipped.setdefault(d, []).append((sc, why))
-    for d, items in sorted(skipped.items()):
-        whys = sorted({w for _, w in items})
-        print(f"skipped {d} ({len(items)} scenario(s)): " + "; ".join(whys))
-    print(f"{len(rep.written)} workload(s) for {len(per)} definition(s), {len(rep.skipped)} skipped, "
-          f"{len(rep.not_applicable)} scenario(s) not applicable, {len(rep.solutions)} baseline solution(s) "
-          f"in {args.dataset}")
+    write(args, args.dataset, inst)
     return 0

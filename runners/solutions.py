@@ -457,3 +457,27 @@ def write_solutions(dataset: str, definitions: Sequence[Tuple[str, Dict[str, Any
             atomic_write_text(path, json.dumps(sol, indent=2) + "\n")
             written.append(rel)
     return written, missing
+
+
+def instances_of(results) -> Dict[str, Any]:
+    """Definition name -> its compile instance (the first model's), from compile results."""
+    out: Dict[str, Any] = {}
+    for r in results:
+        for p in r.planned:
+            name = p.doc["name"]
+            if name not in out and r.instances.get(name):
+                out[name] = r.instances[name][0]
+    return out
+
+
+def write_benchmark_files(dataset: str, instances: Dict[str, Any], sets: Optional[Sequence[str]] = None,
+                          seed: Optional[int] = None, names: Optional[Sequence[str]] = None,
+                          solutions: bool = True):
+    """Workloads (runners/workloads.py) and baseline solutions for a compiled dataset: the files
+    flashinfer-bench needs besides the definitions.  Returns the workloads' report, the solution
+    paths written and [(definition, why it has no FlashInfer solution)]."""
+    from . import workloads as W
+    rep = W.write_workloads(dataset, instances, sets, seed, names)
+    written, missing = (write_solutions(dataset, W.read_definitions(dataset), instances, names)
+                        if solutions else ([], []))
+    return rep, written, missing
