@@ -5,9 +5,12 @@ that applies to it, one workload line in DATASET/workloads/{op_type}/{name}.json
 ``Trace`` with solution and evaluation null).  Var axes come from the scenario: through the spec's
 ``verify.sequences`` layout (indptr / indices / last-page lengths / page tables consistent with each
 other, at the scenario's batch and lengths and the definition's page size) or through the family's
-``vars`` formulas.  Integer and bool tensors (index structures, top-k ids, pool slots) are stored as
-safetensors under blob/workloads/…; scalars as scalars (the spec's verify builders: sm_scale =
-1/sqrt(head_dim), …); float tensors as ``random``.  A definition that cannot be given valid inputs
+``vars`` formulas.  Inputs are built by the spec's verify builders, or the family's ``inputs`` where
+a workload wants serving values (sampling thresholds).  Integer and bool tensors (index structures,
+top-k ids, positions) and float tensors whose values matter (distributions, thresholds, positive
+scales, rotation tables: any builder but ``normal``/``bytes``) are stored as safetensors under
+blob/workloads/…; scalars as scalars (sm_scale = 1/sqrt(head_dim), …); other float tensors as
+``random``.  A definition that cannot be given valid inputs
 is skipped with a named reason, never written.  Seeded: the same inputs give the same uuids and bytes.
 
 Baseline solutions: DATASET/solutions/baseline/{op_type}/{name}/reference.json, a Python solution
@@ -32,9 +35,10 @@ from .verify_inputs import (RecipeError, build_tensor, builder_kind, constraint_
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workloads.yaml")
 UUID_NS = _uuid.UUID("6f1c3a52-5d0e-4c1b-9d7e-2a9e0b7c4d11")
-# float inputs built with these are stored (their values matter), and so are scales the spec's verify
-# block gives a range (flashinfer-bench's random is a normal: negative scales); other floats are random
-STORED_FLOAT_BUILDERS = ("layout", "permutation", "fill", "eye", "e2m1")
+# float inputs built with these are left to flashinfer-bench's `random` (a normal distribution, which is
+# what they make); every other builder makes values that matter (distributions, thresholds, positive
+# scales, rotation tables, …), stored
+RANDOM_FLOAT_BUILDERS = ("normal", "bytes")
 
 
 class Skip(Exception):
@@ -121,7 +125,7 @@ def build_workload(defn: Dict[str, Any], inst, sc: Dict[str, Any], cfg: Dict[str
         decode = q == 1 or q == [1, 1]
         if decode and sc["qo_len"] != 1:
             raise NotApplicable(f"a decode definition (one query token per sequence); scenario {sc['name']} has qo_len {sc['qo_len']}")
-        if not decode and sc["qo_len"] == 1 and sc["set"] != "smoke":
+        if not decode and sc["qo_len"] == 1 and sc["set"] != "smoke" and not fam.get("every_step"):
             raise NotApplicable(f"a prefill definition; scenario {sc['name']} is a decode step")
         lay = dict(seq)
         lay.update({"count": sc["batch"], "qo_len": sc["qo_len"], "kv_len": sc["kv_len"]})
@@ -163,6 +167,12 @@ def build_workload(defn: Dict[str, Any], inst, sc: Dict[str, Any], cfg: Dict[str
         for k, b in ((vb.get("inputs") or {}) if isinstance(vb, dict) else {}).items():
             if isinstance(b, dict) and k in inputs and ("when" not in b or truth(b["when"], env, k)):
                 specs[k] = b
+        for k, b in (fam.get("inputs") or {}).items():      # serving values replace verify's
+            if not isinstance(b, dict):
+                raise DefcError(f"runners/workloads.yaml: families.{defn.get('op_type')}.inputs.{k}: a builder is a "
+                                f"mapping (e.g. {{uniform: [0, 1]}})")
+            if k in inputs and ("when" not in b or truth(b["when"], env, k)):
+                specs[k] = b
     else:
         raise Skip(f"no sequence layout in the spec's verify block and no scenario mapping for op_type "
                    f"'{defn.get('op_type')}' (runners/workloads.yaml families)")
@@ -196,7 +206,7 @@ def build_workload(defn: Dict[str, Any], inst, sc: Dict[str, Any], cfg: Dict[str
             continue
         tdt = torch_dtype(dt)
         integral = not tdt.is_floating_point
-        store = integral or (b is not None and (builder_kind(b, k) in STORED_FLOAT_BUILDERS or "scale" in k))
+        store = integral or (b is not None and (builder_kind(b, k) not in RANDOM_FLOAT_BUILDERS or "scale" in k))
         if not store:
             out_inputs[k] = {"type": "random"}
             scope[k] = torch.empty(dims, dtype=tdt, device="meta")
