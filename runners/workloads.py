@@ -1,4 +1,5 @@
-"""``defc workloads``: flashinfer-bench workloads and baseline solutions for a compiled dataset.
+"""Flashinfer-bench workloads for a compiled dataset (``defc workloads``, ``defc compile --workloads``;
+the baseline solutions beside them are runners/solutions.py).
 
 For every definition under DATASET/definitions and every serving scenario of runners/workloads.yaml
 that applies to it, one workload line in DATASET/workloads/{op_type}/{name}.jsonl (a flashinfer-bench
@@ -12,9 +13,6 @@ scales, rotation tables: any builder but ``normal``/``bytes``) are stored as saf
 blob/workloads/…; scalars as scalars (sm_scale = 1/sqrt(head_dim), …); other float tensors as
 ``random``.  A definition that cannot be given valid inputs
 is skipped with a named reason, never written.  Seeded: the same inputs give the same uuids and bytes.
-
-Baseline solutions: DATASET/solutions/baseline/{op_type}/{name}/reference.json, a Python solution
-whose source is the definition's reference (entry ``main.py::run``).
 
 torch and safetensors are imported here only (never on the compile path)."""
 from __future__ import annotations
@@ -241,7 +239,6 @@ class Report:
     written: List[Tuple[str, str, str]] = field(default_factory=list)      # (definition, scenario, uuid)
     skipped: List[Tuple[str, str, str]] = field(default_factory=list)      # (definition, scenario, why)
     not_applicable: List[Tuple[str, str, str]] = field(default_factory=list)
-    solutions: List[str] = field(default_factory=list)                     # paths, relative
 
 
 def read_definitions(dataset: str) -> List[Tuple[str, Dict[str, Any]]]:
@@ -317,31 +314,3 @@ def write_workloads(dataset: str, instances: Dict[str, Any], sets: Optional[Sequ
         elif os.path.exists(path):
             os.remove(path)
     return rep
-
-
-def reference_solution(defn: Dict[str, Any]) -> Dict[str, Any]:
-    """A Python solution that runs the definition's reference (returns its outputs)."""
-    return {
-        "name": f"{defn['name']}__baseline_reference",
-        "definition": defn["name"],
-        "author": "defc",
-        "spec": {"language": "python", "target_hardware": ["cpu", "cuda"], "entry_point": "main.py::run",
-                 "dependencies": ["torch"], "destination_passing_style": False},
-        "sources": [{"path": "main.py", "content": defn["reference"]}],
-        "description": "Baseline: the definition's reference implementation (PyTorch), run as is.",
-    }
-
-
-def write_solutions(dataset: str, rep: Report, names: Optional[Sequence[str]] = None) -> None:
-    for op, defn in read_definitions(dataset):
-        if names and defn["name"] not in names:
-            continue
-        if not defn.get("reference"):
-            rep.skipped.append((defn["name"], "solution", "the definition has no reference"))
-            continue
-        rel = os.path.join("solutions", "baseline", op, defn["name"], "reference.json")
-        path = os.path.join(dataset, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        from defc.compiler.write import atomic_write_text
-        atomic_write_text(path, json.dumps(reference_solution(defn), indent=2) + "\n")
-        rep.solutions.append(rel)
