@@ -25,6 +25,7 @@ python -m defc.cli compile --model "$model" --out "$ds" --workloads $copts 2>&1 
 { echo "device: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
   python -c "import torch, flashinfer, flashinfer_bench; print('torch', torch.__version__, '| flashinfer', flashinfer.__version__, '| flashinfer-bench', getattr(flashinfer_bench, '__version__', '?'))"
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "defc: $(ls .carry/defc-*.whl) built from commit ${DEFC_COMMIT:-unknown}"
   echo "commands: defc compile --model $model --out DATASET --workloads $copts; flashinfer-bench run --local DATASET $bopts"
 } > "$out/header.txt"
 # shellcheck disable=SC2086
