@@ -181,32 +181,36 @@ def test_sink_definitions_get_the_sink_wrapper_and_say_why_the_default_is_left_o
     assert any("Hopper" in w for w in why)
 
 
-def test_written_solutions_load_in_flashinfer_bench(tmp_path):
+def test_compile_with_workloads_gives_a_dataset_flashinfer_bench_loads(tmp_path):
+    # defc compile --workloads: definitions, workloads and both baseline solutions in one command
     fib = pytest.importorskip("flashinfer_bench")
-    from defc.runners import workloads as W
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = str(tmp_path / "ds")
-    r = subprocess.run([sys.executable, "-m", "defc.cli", "compile", "--model", "llama-3.1-8b", "--out", out, "-q"],
-                       cwd=root, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "defc.cli", "compile", "--model", "llama-3.1-8b", "--out", out, "--workloads",
+           "--scenarios", "smoke"]
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    written, missing = S.write_solutions(out, W.read_definitions(out), W.instances_for("llama-3.1-8b"))
+    assert "baseline solution(s) (18 calling FlashInfer, 5 definition(s) without one" in r.stdout, r.stdout
     ts = fib.TraceSet.from_path(out)
-    by_def = {}
-    for d, sols in ts.solutions.items():
-        by_def[d] = sorted(s.name.rsplit("__", 1)[1] for s in sols)
+    assert len(ts.definitions) == 23 and set(ts.workloads) == set(ts.definitions)
+    by_def = {d: sorted(s.name.rsplit("__", 1)[1] for s in sols) for d, sols in ts.solutions.items()}
+    assert set(by_def) == set(ts.definitions)
     gemm = [d for d in by_def if d.startswith("gemm_")]
-    # the bf16 GEMMs name no FlashInfer API (as curated): the reference only, with the reason reported
-    assert gemm and all(by_def[d] == ["baseline_reference"] for d in gemm)
-    assert {d for d, _ in missing} == set(gemm)
-    others = [d for d in by_def if d not in gemm]
-    assert others and all(by_def[d] == ["baseline_flashinfer", "baseline_reference"] for d in others), by_def
-    assert len(written) == sum(len(v) for v in by_def.values())
-    # written twice: the same bytes
-    before = {p: open(os.path.join(out, p), "rb").read() for p in written}
-    S.write_solutions(out, W.read_definitions(out), W.instances_for("llama-3.1-8b"))
-    assert before == {p: open(os.path.join(out, p), "rb").read() for p in written}
+    # the bf16 GEMMs name no FlashInfer API (as curated): the reference only
+    assert len(gemm) == 5 and all(by_def[d] == ["baseline_reference"] for d in gemm)
+    assert all(by_def[d] == ["baseline_flashinfer", "baseline_reference"] for d in by_def if d not in gemm), by_def
+    for sols in ts.solutions.values():
+        for s in sols:
+            if s.name.endswith("baseline_flashinfer"):
+                assert s.spec.dependencies == ["torch", "flashinfer"] and not s.spec.destination_passing_style
+    # again: the same bytes
+    files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(out, "solutions")) for f in fs)
+    before = {p: open(p, "rb").read() for p in files}
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert before == {p: open(p, "rb").read() for p in files}
 
 
 @pytest.mark.parametrize("model,tp,ep", [("deepseek-v3", 8, 8), ("qwen3-30b-a3b", 1, 1), ("gpt-oss-20b", 1, 1),
