@@ -26,18 +26,9 @@ def meta(shape, dtype):
 
 def resolve(api_path: str):
     """'flashinfer.norm.rmsnorm' or 'flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper.run'."""
-    import importlib
+    from defc.compiler.dotted import locate
     flashinfer()
-    parts = api_path.split(".")
-    for i in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        for p in parts[i:]:
-            obj = getattr(obj, p)
-        return obj
-    raise ImportError(api_path)
+    return locate(api_path)[1]
 
 
 def fi_trace(api_path: str, **kwargs) -> Dict[str, Any]:
