@@ -261,6 +261,18 @@ def merge_tags(old: List[str], new: List[str]) -> List[str]:
 
 
 WRITES = ("new", "merged", "replaced")      # the statuses that write a file
+# a definition of this name exists with the same kernel (structure) but another reference (a
+# constant such as eps): one file holds one reference, the first model's; the compile warns
+REFERENCE_KEPT = "existing reference kept, this model's differs"
+
+
+def _first_difference(a: Any, b: Any) -> str:
+    """The first differing line of two reference texts: 'EPS = 1e-05' kept, 'EPS = 1e-06' this model's."""
+    la, lb = str(a or "").splitlines(), str(b or "").splitlines()
+    for x, y in zip(la, lb):
+        if x != y:
+            return f"'{x.strip()[:80]}' kept, '{y.strip()[:80]}' this model's"
+    return f"{len(la)} lines kept, {len(lb)} this model's"
 
 
 class Planned:
@@ -407,7 +419,7 @@ def _plan_over(path: str, doc: Dict[str, Any], old: Dict[str, Any], prior: Optio
         tags = merge_tags(list(old.get("tags") or []), list(doc.get("tags") or []))
         note = ""
         if old.get("reference") != doc.get("reference"):
-            note = "existing reference kept (it differs from this model's, e.g. in eps)"
+            note = f"{REFERENCE_KEPT}: {_first_difference(old.get('reference'), doc.get('reference'))}"
         if tags == list(old.get("tags") or []):
             return Planned(old, path, "unchanged", note)
         if not skip_existing and not force:

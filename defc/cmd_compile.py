@@ -233,6 +233,7 @@ def run(args) -> int:
     if args.explain:
         _explain(results, opts)
     _print_findings(found, v)
+    _print_kept_references(results)
     collisions = sum(r.count("collision") for r in results)
     if gaps:
         print(f"defc: compiled with gaps: {gaps} family/serving config(s) could not be described "
@@ -242,6 +243,17 @@ def run(args) -> int:
               f"(use --force to replace, keeping .bak)", file=sys.stderr)
         return 1
     return 1 if gaps else 0
+
+
+def _print_kept_references(results) -> None:
+    """A definition another model wrote first with another reference (eps, …) keeps that one: say so."""
+    from defc.compiler.write import REFERENCE_KEPT
+    for r in results:
+        for p in r.planned:
+            if (p.detail or "").startswith(REFERENCE_KEPT):
+                print(f"defc: warning: {r.model.slug}: {p.doc.get('name')} is shared with another model whose "
+                      f"reference the file keeps ({p.detail[len(REFERENCE_KEPT) + 2:]}); one name, one reference",
+                      file=sys.stderr)
 
 
 def _print_findings(found, v: int) -> None:

@@ -103,7 +103,10 @@ def test_four_concurrent_compiles_equal_compiling_them_one_after_another(tmp_pat
         procs = [start(["compile", "--model", m, "--out", str(out)], warm_cache) for m in MODELS]
         results = finish(procs)
         assert [code for code, _, _ in results] == [0] * len(MODELS), [e for _, _, e in results]
-        assert all(err == "" for _, _, err in results), [e for _, _, e in results]
+        # llama-3.1-8b (eps 1e-5) and qwen3-8b (1e-6) share the h4096 norms: whichever writes later
+        # says the file keeps the other's reference; nothing else is printed
+        said = [line for _, _, err in results for line in err.splitlines()]
+        assert len(said) == 2 and all("_h4096 is shared with another model whose reference" in x for x in said), said
         got = dataset(out)
         want = one_after_another(tuple(write_order(got)))
         assert sorted(got) == sorted(want), f"trial {trial}: other files"
