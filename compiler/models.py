@@ -177,7 +177,7 @@ def hub_timeout() -> float:
         raise DefcError(f"must be a number of seconds, got {raw!r}", field="HF_HUB_ETAG_TIMEOUT") from None
 
 
-def load_from_hub(repo_id: str, revision: Optional[str] = None) -> ModelInfo:
+def load_from_hub(repo_id: str, revision: Optional[str] = None, option: str = "--hf-repo-id") -> ModelInfo:
     """Fetch config.json through huggingface_hub at a revision (``org/name@rev`` or ``revision``;
     default the repo's main branch), recording the commit it resolved to.  Online, one metadata
     request (``HF_HUB_ETAG_TIMEOUT`` seconds, default 5, no retries) tells whether the Hub can be
@@ -188,7 +188,7 @@ def load_from_hub(repo_id: str, revision: Optional[str] = None) -> ModelInfo:
         raise DefcError(f"'{repo_id}@{at}' and --revision {revision} name different revisions", field="--revision")
     revision = at if at is not None else revision
     if not REPO_ID.match(repo_id):
-        raise DefcError(f"'{repo_id}' is not a Hugging Face repo id (expected org/name)", field="--hf-repo-id")
+        raise DefcError(f"'{repo_id}' is not a Hugging Face repo id (expected org/name)", field=option)
     if revision is not None and (not revision or len(revision) > 256 or any(c.isspace() for c in revision)):
         raise DefcError(f"'{revision[:60]}' is not a revision (a branch, tag or commit)", field="--revision")
     try:
@@ -223,20 +223,20 @@ def load_from_hub(repo_id: str, revision: Optional[str] = None) -> ModelInfo:
             endpoint = huggingface_hub.constants.ENDPOINT
             raise DefcError(f"the Hugging Face Hub cannot be reached ({endpoint}: {unreachable}) and config.json of "
                             f"'{named}' is not in its cache; set HF_HUB_OFFLINE=1 to use the cache only, or pass a "
-                            f"local config (--model PATH/config.json)", field="--hf-repo-id") from None
+                            f"local config (--model PATH/config.json)", field=option) from None
         raise DefcError(f"config.json of '{named}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
-                        f"download it once online, or pass --config PATH", field="--hf-repo-id") from None
+                        f"download it once online, or pass --config PATH", field=option) from None
     except GatedRepoError:
         raise DefcError(f"'{repo_id}' is gated: log in with `hf auth login` and accept its licence",
-                        field="--hf-repo-id") from None
+                        field=option) from None
     except RepositoryNotFoundError:
-        raise DefcError(f"no Hugging Face repo '{repo_id}' (or it is private)", field="--hf-repo-id") from None
+        raise DefcError(f"no Hugging Face repo '{repo_id}' (or it is private)", field=option) from None
     except RevisionNotFoundError:
         raise DefcError(f"'{repo_id}' has no revision '{revision}'", field="--revision") from None
     except EntryNotFoundError:
-        raise DefcError(f"'{named}' has no config.json", field="--hf-repo-id") from None
+        raise DefcError(f"'{named}' has no config.json", field=option) from None
     except (OSError, ValueError, HfHubHTTPError) as e:
-        raise DefcError(f"cannot fetch config.json of '{named}': {_one_line(e)}", field="--hf-repo-id") from None
+        raise DefcError(f"cannot fetch config.json of '{named}': {_one_line(e)}", field=option) from None
     config = _check_config(load_json(path, "config.json"), path, path)
     snapshot = hf_cache_snapshot(path)
     info = ModelInfo(slug="", config=config, origin=f"hf://{named}", source=f"Hugging Face Hub {named}",
@@ -276,7 +276,7 @@ def resolve_model(model: Optional[str], config_path: Optional[str] = None,
             raise DefcError("no such file or folder", Location(model), field="--model")
         return load_local(model)
     if REPO_ID.match(split_revision(model)[0]):
-        return load_from_hub(model, revision)
+        return load_from_hub(model, revision, "--model")
     close = difflib.get_close_matches(model, slugs, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `defc models` lists the catalogue"
     raise DefcError(f"unknown model '{model}'{hint}", field="--model")
