@@ -221,7 +221,7 @@ def run(args) -> int:
                        "models": [dict(model=r["model"], **r["body"]) for r in reports]})
     elif v >= 0 or args.dry_run:            # -q: a dry run's table only
         for result, rep in zip(results, reports):
-            _print_text(result, rep["body"]["definitions"], args.dry_run, opts.out, v)
+            _print_text(result, rep["body"]["definitions"], args.dry_run, opts.out, v, several=len(results) > 1)
         if len(results) > 1 and v >= 0:
             files = {p.path for r in results for p in r.planned if p.status in WRITES}
             verb = "would write" if args.dry_run else "wrote"
@@ -297,9 +297,9 @@ def _report(result):
                      "notes": result.notes, "definitions": rows}}
 
 
-def _print_text(result, rows, dry_run: bool, out: str, v: int = 0) -> None:
+def _print_text(result, rows, dry_run: bool, out: str, v: int = 0, several: bool = False) -> None:
     """A model's summary; with -v its serving configs, notes and one line per file.  Collisions
-    and replaced files are always listed."""
+    and replaced files are always listed.  A dry run's table names the model when there are several."""
     from defc.output import table
     verb = "would write" if dry_run else "compiled"
     labels = ", ".join(s.label() + (f" {s.quantization}" if s.quantization else "") for s in result.servings)
@@ -309,8 +309,10 @@ def _print_text(result, rows, dry_run: bool, out: str, v: int = 0) -> None:
         if v >= 1 or n.startswith("skipped "):
             print(f"  note: {n}")
     if dry_run:
-        table(["status", "op_type", "name", "configs"],
-              [[r["status"], r["op_type"], r["name"], ", ".join(r["configs"])] for r in rows])
+        first = ["model"] if several else []
+        table(first + ["status", "op_type", "name", "configs"],
+              [([result.model.slug] if several else []) + [r["status"], r["op_type"], r["name"], ", ".join(r["configs"])]
+               for r in rows])
         if v < 0:
             return
     else:

@@ -266,3 +266,18 @@ def test_validate_shows_progress_on_a_terminal(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stderr", term2)
     assert main(["validate", ds, "--no-report", "-q"]) == 0
     assert term2.getvalue() == ""
+
+
+def test_a_quiet_dry_run_of_several_models_names_each_row_s_model(tmp_path, capsys):
+    code, text, err = run(capsys, "compile", "rmsnorm", "--model", "llama-3.1-8b", "--model", "qwen3-8b", "--tp", "1",
+                          "--dry-run", "-q", "--out", str(tmp_path / "o"))
+    rows = [line.split() for line in text.splitlines() if line and not line.startswith(("model", "-"))]
+    assert code == 0 and text.splitlines()[0].split()[:2] == ["model", "status"]
+    # llama-3.1-8b: the two h4096 norms; qwen3-8b merges its tags into them and adds the per-head q/k norm
+    assert sorted((r[0], r[1], r[3]) for r in rows) == [
+        ("llama-3.1-8b", "new", "fused_add_rmsnorm_h4096"), ("llama-3.1-8b", "new", "rmsnorm_h4096"),
+        ("qwen3-8b", "merged", "fused_add_rmsnorm_h4096"), ("qwen3-8b", "merged", "rmsnorm_h4096"),
+        ("qwen3-8b", "new", "rmsnorm_h128")]
+    code, text, err = run(capsys, "compile", "rmsnorm", "--model", "llama-3.1-8b", "--tp", "1", "--dry-run", "-q",
+                          "--out", str(tmp_path / "o"))
+    assert text.splitlines()[0].split()[0] == "status"          # one model: no model column
