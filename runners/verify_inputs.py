@@ -92,6 +92,8 @@ def torch_dtype(name: str):
 def sequence_layout(spec: Dict[str, Any], env: Dict[str, Any], rng: random.Random) -> Tuple[Dict[str, Any], Dict[str, int]]:
     """A batch of sequences: each has qo_len new tokens and kv_len tokens in the cache (new ones
     included; kv_len >= qo_len; full_pages: true rounds kv_len up to whole pages), stored in pages of page_size tokens at shuffled page ids.
+    table_pages: the page table is at least this many pages wide (a block table sized for more than
+    the longest sequence).
 
     Arrays (python lists): qo_lens, kv_lens, qo_indptr, kv_indptr (tokens), page_counts, page_indptr,
     page_indices, last_page_len, batch_indices and positions (one per new token: its sequence and its
@@ -100,7 +102,8 @@ def sequence_layout(spec: Dict[str, Any], env: Dict[str, Any], rng: random.Rando
     seq_max_pages, seq_max_kv."""
     if not isinstance(spec, dict):
         raise RecipeError("verify.sequences must be a mapping")
-    bad = set(spec) - {"count", "qo_len", "kv_len", "page_size", "spare_pages", "kv_at_least_qo", "full_pages"}
+    bad = set(spec) - {"count", "qo_len", "kv_len", "page_size", "spare_pages", "kv_at_least_qo", "full_pages",
+                       "table_pages"}
     if bad:
         raise RecipeError(f"verify.sequences: unknown field '{sorted(bad)[0]}'")
     count = int_value(spec.get("count", 3), env, "verify.sequences.count")
@@ -130,10 +133,11 @@ def sequence_layout(spec: Dict[str, Any], env: Dict[str, Any], rng: random.Rando
         return out
     page_indptr = cums(page_counts)
     max_pages = max(page_counts) if page_counts else 0
+    width = max(max_pages, int_value(spec.get("table_pages", 0), env, "verify.sequences.table_pages"))
     table = []
     for b in range(count):
         row = page_indices[page_indptr[b]:page_indptr[b + 1]]
-        table.append(row + [0] * (max_pages - len(row)))
+        table.append(row + [0] * (width - len(row)))
     batch_indices, positions = [], []
     for b, (q, k) in enumerate(zip(qo_lens, kv_lens)):
         for j in range(q):
@@ -152,7 +156,7 @@ def sequence_layout(spec: Dict[str, Any], env: Dict[str, Any], rng: random.Rando
 
 
 BUILDER_KINDS = ("layout", "uniform", "normal", "fill", "randint", "softmax", "bytes", "value", "rsqrt", "eye",
-                 "permutation", "e2m1", "rotary")
+                 "permutation", "e2m1", "rotary", "sparse_slots")
 
 # The FP4 (e2m1) grid by code: FlashInfer's packed layout stores code(2i) in the low nibble of byte i.
 E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
@@ -195,6 +199,8 @@ def build_tensor(spec: Dict[str, Any], shape: Optional[Tuple[int, ...]], dtype: 
         if tuple(t.shape) != tuple(shape):
             raise RecipeError(f"{what}: layout array '{arg}' has shape {tuple(t.shape)}, the input needs {tuple(shape)}")
         return t.to(tdt)
+    if kind == "sparse_slots":               # a sparse-attention selection, one row per new token
+        return _sparse_slots(arg, shape, env, arrays, gen, what).to(tdt)
     if kind == "bytes":
         x = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
         return x.view(tdt) if tdt != torch.uint8 else x
@@ -243,6 +249,26 @@ def build_tensor(spec: Dict[str, Any], shape: Optional[Tuple[int, ...]], dtype: 
     if tdt == torch.bool:
         return x > 0
     return x.to(tdt)
+
+
+def _sparse_slots(arg, shape, env, arrays, gen, what):
+    """[new tokens, width]: per new token of the sequence layout, distinct cache slots (page *
+    page_size + offset; the argument is the layout's page size) of tokens its own sequence holds at
+    or before its position, in random order: all of them when they fit (then -1 padding), else a
+    random `width` of them."""
+    import torch
+    if any(k not in arrays for k in ("batch_indices", "positions", "page_indices", "page_indptr")):
+        raise RecipeError(f"{what}: sparse_slots needs a verify.sequences layout")
+    if len(shape) != 2 or shape[0] != len(arrays["positions"]):
+        raise RecipeError(f"{what}: sparse_slots makes [new tokens ({len(arrays['positions'])}), width], "
+                          f"the input is {tuple(shape)}")
+    ps, width = int_value(arg, env, what), shape[1]
+    pages = torch.tensor(arrays["page_indices"], dtype=torch.int64)
+    out = torch.full(tuple(shape), -1, dtype=torch.int64)
+    for r, (b, p) in enumerate(zip(arrays["batch_indices"], arrays["positions"])):
+        pick = torch.randperm(p + 1, generator=gen)[:width]          # positions 0..p of its sequence
+        out[r, :len(pick)] = pages[arrays["page_indptr"][b] + pick // ps] * ps + pick % ps
+    return out
 
 
 def default_tensor(shape, dtype: str, var_min: int, gen):
