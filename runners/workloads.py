@@ -117,6 +117,8 @@ def build_workload(defn: Dict[str, Any], inst, sc: Dict[str, Any], cfg: Dict[str
         env[axis] = n
 
     seq = vb.get("sequences") if isinstance(vb, dict) else None
+    if seq is None:
+        seq = fam.get("sequences")
     specs: Dict[str, Dict[str, Any]] = {}
     if seq is not None:
         q = seq.get("qo_len", 1)
@@ -138,6 +140,7 @@ def build_workload(defn: Dict[str, Any], inst, sc: Dict[str, Any], cfg: Dict[str
             if "when" in b and not truth(b["when"], env, f"verify.inputs.{k}.when"):
                 continue
             specs[k] = b
+        specs.update(_family_inputs(fam, defn, inputs, env))
         for k, b in specs.items():
             if "layout" not in b:
                 continue
@@ -150,8 +153,11 @@ def build_workload(defn: Dict[str, Any], inst, sc: Dict[str, Any], cfg: Dict[str
                 bind(a, n, f"layout '{b['layout']}'")
             if len(shape) == 1:
                 given[k] = list(arr)
+        fvars = {k: f for k, f in (fam.get("vars") or {}).items() if k in var}     # serving values first
+        for k, f in fvars.items():
+            bind(k, int_value(f, env, f"families.{defn.get('op_type')}.vars.{k}"), "scenario")
         for k, f in (vb.get("vars") or {}).items():
-            if k in axes:
+            if k in axes and k not in fvars:
                 bind(k, int_value(f, env, f"verify.vars.{k}"), "verify.vars")
     elif fam:
         if fam.get("decode_only") and sc["qo_len"] != 1:
@@ -165,12 +171,7 @@ def build_workload(defn: Dict[str, Any], inst, sc: Dict[str, Any], cfg: Dict[str
         for k, b in ((vb.get("inputs") or {}) if isinstance(vb, dict) else {}).items():
             if isinstance(b, dict) and k in inputs and ("when" not in b or truth(b["when"], env, k)):
                 specs[k] = b
-        for k, b in (fam.get("inputs") or {}).items():      # serving values replace verify's
-            if not isinstance(b, dict):
-                raise DefcError(f"runners/workloads.yaml: families.{defn.get('op_type')}.inputs.{k}: a builder is a "
-                                f"mapping (e.g. {{uniform: [0, 1]}})")
-            if k in inputs and ("when" not in b or truth(b["when"], env, k)):
-                specs[k] = b
+        specs.update(_family_inputs(fam, defn, inputs, env))
     else:
         raise Skip(f"no sequence layout in the spec's verify block and no scenario mapping for op_type "
                    f"'{defn.get('op_type')}' (runners/workloads.yaml families)")
@@ -204,7 +205,9 @@ def build_workload(defn: Dict[str, Any], inst, sc: Dict[str, Any], cfg: Dict[str
             continue
         tdt = torch_dtype(dt)
         integral = not tdt.is_floating_point
-        store = integral or (b is not None and (builder_kind(b, k) not in RANDOM_FLOAT_BUILDERS or "scale" in k))
+        # tied values (a broadcast parameter) matter too: random would vary along the tied dims
+        store = integral or (b is not None and (builder_kind(b, k) not in RANDOM_FLOAT_BUILDERS or "scale" in k
+                                                 or bool(b.get("tie"))))
         if not store:
             out_inputs[k] = {"type": "random"}
             scope[k] = torch.empty(dims, dtype=tdt, device="meta")
@@ -214,7 +217,9 @@ def build_workload(defn: Dict[str, Any], inst, sc: Dict[str, Any], cfg: Dict[str
             nbytes *= n
         nbytes *= torch.empty((), dtype=tdt).element_size()
         if nbytes > limit:
-            raise Skip(f"input '{k}' would be a {nbytes:,}-byte blob (limit {limit:,}: blob_limit_bytes)")
+            why = "an integer tensor" if integral else f"its values matter (builder '{builder_kind(b, k)}')"
+            raise Skip(f"input '{k}' would be a {nbytes:,}-byte blob (limit {limit:,}: blob_limit_bytes); "
+                       f"{why}, so flashinfer-bench's random cannot stand in")
         if b is not None:
             x = build_tensor(b, dims, dt, env, arrays, gen, k)
         elif k in indptrs:
@@ -229,6 +234,18 @@ def build_workload(defn: Dict[str, Any], inst, sc: Dict[str, Any], cfg: Dict[str
     if problem:
         raise Skip(problem)
     return Built({k: values[k] for k in var}, out_inputs, tensors)
+
+
+def _family_inputs(fam, defn, inputs, env) -> Dict[str, Dict[str, Any]]:
+    """The family's input builders (serving values, replacing verify's) that apply to this definition."""
+    out = {}
+    for k, b in (fam.get("inputs") or {}).items():
+        if not isinstance(b, dict):
+            raise DefcError(f"runners/workloads.yaml: families.{defn.get('op_type')}.inputs.{k}: a builder is a "
+                            f"mapping (e.g. {{uniform: [0, 1]}})")
+        if k in inputs and ("when" not in b or truth(b["when"], env, k)):
+            out[k] = b
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

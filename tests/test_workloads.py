@@ -15,7 +15,8 @@ fib = pytest.importorskip("flashinfer_bench")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFC = [sys.executable, "-c", "import sys; from defc.cli import main; sys.exit(main())"]
-MODELS = [("llama-3.1-8b", []), ("deepseek-v3", ["--tp", "8", "--ep", "8"]), ("qwen3-30b-a3b", [])]
+MODELS = [("llama-3.1-8b", []), ("deepseek-v3", ["--tp", "8", "--ep", "8"]), ("qwen3-30b-a3b", []),
+          ("deepseek-v3.2", ["--tp", "8", "--ep", "8"]), ("qwen3-next-80b-a3b", ["--tp", "2"]), ("nemotron-h-8b", [])]
 
 
 def _smoke_uuids():
@@ -111,13 +112,121 @@ def test_paged_index_structures(dataset):
             assert sc["kv_last_page_len"].tolist() == [17 - (pages - 1) * ps] * 2
 
 
+def _scenario_of(name):
+    """uuid -> the scenario (batch, qo_len, kv_len) of each workload the dataset fixture asked for."""
+    from defc.runners import workloads as W
+    cfg = W.config()
+    return {W.workload_uuid(name, sc["name"], cfg.get("seed", 0)): sc for sc in W.scenarios(cfg, ["smoke", "decode"])}
+
+
+def _slots_by_row(x):
+    return [[v for v in row if v >= 0] for row in x.tolist()]
+
+
+# state-pool slot inputs and the axis that sizes their pool (the definitions' own docs)
+SLOT_INPUTS = {"initial_state_indices": "pool_size", "state_batch_indices": "state_cache_size"}
+# the cookbook serves Qwen3-Next with EAGLE, --speculative-num-draft-tokens 4
+MTP_DRAFT_TOKENS = 4
+
+
+def test_state_slots_and_sparse_indices(dataset):
+    """Index structures of the hybrid and sparse-attention kernels, per workload against the serving
+    point it was made for: state-pool slots distinct and inside the pool, one per sequence; sparse
+    attention rows pick distinct token slots of their own sequence's tokens up to themselves (all of
+    them when there are at most topk, -1 after), no page shared between sequences; the indexer's
+    seq_lens and block table those of the sequences; GDN prefill's cu_seqlens the scenario's."""
+    model, out, _ = dataset
+    ts = fib.TraceSet.from_path(out)
+    seen = set()
+    for name, traces in sorted(ts.workloads.items()):
+        defn = ts.definitions[name]
+        scen = _scenario_of(name)
+        for t in traces:
+            sc = scen[t.workload.uuid]
+            v = _check_workload(defn, t.workload, out)
+            b, q, kv = sc["batch"], sc["qo_len"], sc["kv_len"]
+            for k, pool in SLOT_INPUTS.items():
+                if k in defn.inputs:
+                    ids = v[k].tolist()
+                    assert len(ids) == b and len(set(ids)) == b, (name, ids)
+                    assert 0 <= min(ids) and max(ids) < v[pool], (name, ids, v[pool])
+                    seen.add(k)
+            if defn.op_type == "gdn" and "seq_len" in t.workload.axes:           # MTP at a decode step
+                assert q == 1 and t.workload.axes["seq_len"] == MTP_DRAFT_TOKENS and v["batch_size"] == b
+                seen.add("gdn_mtp")
+            if "cu_seqlens" in defn.inputs:
+                assert v["cu_seqlens"].tolist() == [i * q for i in range(b + 1)], name
+                seen.add("cu_seqlens")
+            if defn.op_type == "mamba_ssu":                  # per-head parameters tied along head_dim
+                assert q == 1
+                for k in ("dt", "A", "D", "dt_bias"):
+                    x = v[k]
+                    assert isinstance(x, torch.Tensor) and torch.equal(x, x[..., :1].expand_as(x)), (name, k)
+            if "sparse_indices" in defn.inputs:
+                ps, topk = v["page_size"], v["topk"]
+                rows = _slots_by_row(v["sparse_indices"])
+                assert len(rows) == b * q
+                x = v["sparse_indices"]
+                for r, row in enumerate(rows):           # valid entries first, then -1 padding
+                    assert (x[r, len(row):] == -1).all()
+                    assert len(set(row)) == len(row) and max(row) < v["num_pages"] * ps
+                seqs = [rows[i * q:(i + 1) * q] for i in range(b)]
+                pages = [set(s // ps for row in rs for s in row) for rs in seqs]
+                assert sum(len(p) for p in pages) == len(set().union(*pages)), "a page shared by two sequences"
+                for rs in seqs:
+                    for j, row in enumerate(rs):         # token kv - q + j sees kv - q + j + 1 tokens
+                        assert len(row) == min(kv - q + j + 1, topk), (name, sc["name"], j)
+                        if j and len(row) <= topk and len(rs[j - 1]) < topk:
+                            assert set(rs[j - 1]) < set(row)      # its own sequence's earlier tokens
+                    assert len({s // ps for row in rs for s in row}) <= -(-kv // ps)
+                seen.add("sparse_indices")
+            if "block_table" in defn.inputs:
+                ps = v["page_size"]
+                assert v["seq_lens"].tolist() == [kv] * b
+                used = v["block_table"][:, :-(-kv // ps)].flatten().tolist()
+                assert len(set(used)) == len(used) and max(used) < v["num_pages"], name
+                assert v["block_table"].shape[1] * ps >= v["topk"]
+                seen.add("block_table")
+    want = {"deepseek-v3.2": {"sparse_indices", "block_table"},
+            "qwen3-next-80b-a3b": {"initial_state_indices", "gdn_mtp", "cu_seqlens"},
+            "nemotron-h-8b": {"state_batch_indices"}}.get(model, set())
+    assert want <= seen, want - seen
+
+
+def test_sparse_indices_at_the_smoke_points(tmp_path):
+    """Hand-counted: at smoke_decode_b2_kv17 each of the 2 rows holds the 17 tokens of its sequence
+    (one 64-token page, offsets 0..16); at smoke_prefill_b2_q5_kv9 the 5 new tokens of a sequence see
+    5..9 tokens."""
+    out = str(tmp_path / "d")
+    _defc("compile", "--model", "deepseek-v3.2", "--tp", "8", "--ep", "8", "--out", out, "-q", "dsa_paged")
+    _defc("workloads", out, "--model", "deepseek-v3.2", "--tp", "8", "--ep", "8", "--scenarios", "smoke",
+          "--no-solutions")
+    ts = fib.TraceSet.from_path(out)
+    name = "dsa_sparse_attention_h16_ckv512_kpe64_topk2048_ps64"
+    by = {t.workload.axes["num_tokens"]: _check_workload(ts.definitions[name], t.workload, out)
+          for t in ts.workloads[name]}
+    assert sorted(by) == [2, 10]
+    for row in _slots_by_row(by[2]["sparse_indices"]):
+        assert sorted(s % 64 for s in row) == list(range(17)) and len({s // 64 for s in row}) == 1
+    assert [len(r) for r in _slots_by_row(by[10]["sparse_indices"])] == [5, 6, 7, 8, 9] * 2
+    (ix,) = ts.workloads["dsa_topk_indexer_fp8_h64_d128_topk2048_ps64"]
+    assert ix.workload.axes["batch_size"] == 2 and ix.workload.axes["max_num_pages"] == 2048 // 64
+
+
 def test_families_covered(dataset):
     model, out, _ = dataset
     ops = set(os.listdir(os.path.join(out, "workloads")))
     want = {"llama-3.1-8b": {"rmsnorm", "gemm", "activation", "sampling", "gqa_paged", "gqa_ragged", "rope"},
             "deepseek-v3": {"mla_paged", "mla_ragged", "moe", "gemm_fp8", "sampling", "rope"},
-            "qwen3-30b-a3b": {"moe", "gqa_paged", "sampling", "rope"}}[model]
+            "qwen3-30b-a3b": {"moe", "gqa_paged", "sampling", "rope"},
+            "deepseek-v3.2": {"dsa_paged", "gemm_fp8", "moe", "sampling"},
+            "qwen3-next-80b-a3b": {"gdn", "gqa_paged", "moe", "sampling"},
+            "nemotron-h-8b": {"mamba_ssu", "gqa_paged", "sampling"}}[model]
     assert want <= ops, want - ops
+
+
+# the models added for their hybrid / sparse-attention kernels: the op types whose references run
+HYBRID_AND_SPARSE = {"deepseek-v3.2": {"dsa_paged"}, "qwen3-next-80b-a3b": {"gdn"}, "nemotron-h-8b": {"mamba_ssu"}}
 
 
 def test_references_run_on_smoke(dataset):
@@ -125,9 +234,12 @@ def test_references_run_on_smoke(dataset):
     from flashinfer_bench.bench.utils import gen_inputs, load_safetensors
     ts = fib.TraceSet.from_path(out)
     smoke = _smoke_uuids()
-    ran = 0
+    ran, ops = 0, set()
+    only = HYBRID_AND_SPARSE.get(model)            # the other families run for the first three models
     for name, traces in sorted(ts.workloads.items()):
         defn = ts.definitions[name]
+        if only and defn.op_type not in only:
+            continue
         for t in traces:
             if t.workload.uuid not in smoke(name):
                 continue                                     # smoke points only
@@ -140,7 +252,9 @@ def test_references_run_on_smoke(dataset):
             exec(compile(defn.reference, name, "exec"), ns)  # noqa: S102
             ns["run"](*args)
             ran += 1
-    assert ran >= 5
+            ops.add(defn.op_type)
+    assert ran >= (1 if only else 5)
+    assert (only or set()) <= ops, only - ops
 
 
 def test_reproducible(tmp_path):
@@ -261,6 +375,14 @@ MUST_CHECK = {
     "qwen3-30b-a3b": {("top_p_sampling_from_probs_v151936", "probs"),
                       ("rope_with_cos_sin_cache_neox_style_d128_rd128", "positions"),
                       ("moe_fp8_block_scale_renorm_topk8_e128_h2048_i768", "hidden_states_scale")},
+    # vocab 129280, qk_rope_head_dim 64 (interleaved)
+    "deepseek-v3.2": {("top_k_top_p_sampling_from_probs_v129280", "top_k"), ("top_p_sampling_from_probs_v129280", "top_p"),
+                      ("rope_with_cos_sin_cache_gptj_style_d64_rd64", "positions")},
+    # vocab 151936, head_dim 256 with partial_rotary_factor 0.25: 64 rotated dims
+    "qwen3-next-80b-a3b": {("top_k_sampling_from_probs_v151936", "probs"),
+                           ("rope_with_cos_sin_cache_neox_style_d256_rd64", "cos_sin_cache")},
+    # vocab 131072 (no rotary embedding)
+    "nemotron-h-8b": {("top_k_renorm_probs_v131072", "top_k"), ("top_p_sampling_from_probs_v131072", "top_p")},
 }
 
 
@@ -322,3 +444,22 @@ def test_values_follow_flashinfer_inits(dataset):
                 if isinstance(x, torch.Tensor) and isinstance(r, torch.Tensor) and k not in DTYPE_DIFFERENCES:
                     assert x.dtype == r.dtype, (name, k, x.dtype, r.dtype)
     assert MUST_CHECK[model] <= checked, MUST_CHECK[model] - checked
+
+
+def test_mxfp4_quantize_gets_workloads_and_fp4_moe_skip_says_why(tmp_path):
+    """gpt-oss-20b: the MXFP4 activation quantize runs at every step (M = the step's tokens); the FP4
+    MoE stays skipped: its float32 FP4-grid weights (32 x 5760 x 2880) are over the blob limit and
+    flashinfer-bench's random cannot stand in (normal floats; no uint8 generator at all)."""
+    from flashinfer_bench.bench.utils import _rand_tensor
+    with pytest.raises(ValueError, match="Unsupported random dtype"):
+        _rand_tensor([2], torch.uint8, torch.device("cpu"))
+    out = str(tmp_path / "d")
+    _defc("compile", "--model", "gpt-oss-20b", "--out", out, "-q", "quantize", "moe")
+    text = _defc("workloads", out, "--model", "gpt-oss-20b", "--scenarios", "smoke", "--no-solutions", "-v")
+    ts = fib.TraceSet.from_path(out)
+    wls = ts.workloads["mxfp4_quantize_k2880"]
+    assert sorted(t.workload.axes["M"] for t in wls) == [2, 10]
+    for t in wls:
+        _check_workload(ts.definitions["mxfp4_quantize_k2880"], t.workload, out)
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("skipped trtllm_fp4_block_scale_moe_")]
+    assert f"{32 * 5760 * 2880 * 4:,}-byte blob" in line and "'e2m1'" in line, line
