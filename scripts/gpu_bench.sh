@@ -17,6 +17,7 @@ if [ ! -f /tmp/site/.unpacked ]; then
 fi
 rm -rf /tmp/defcsite && mkdir -p /tmp/defcsite && python -m zipfile -e .carry/defc-*.whl /tmp/defcsite
 export PYTHONPATH="/tmp/defcsite:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONSAFEPATH=1   # the repository folder (the cwd) must not shadow the installed defc
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 ds=/tmp/bench-dataset
 rm -rf "$ds"
@@ -29,7 +30,7 @@ python -m defc.cli compile --model "$model" --out "$ds" --workloads $copts 2>&1 
   echo "commands: defc compile --model $model --out DATASET --workloads $copts; flashinfer-bench run --local DATASET $bopts"
 } > "$out/header.txt"
 # shellcheck disable=SC2086
-timeout "${BENCH_TIMEOUT:-480}" flashinfer-bench run --local "$ds" --save-results $bopts > "$out/run.log" 2>&1
+timeout "${BENCH_TIMEOUT:-480}" python -c "import sys; from flashinfer_bench.cli.main import cli; sys.argv[0] = 'flashinfer-bench'; sys.exit(cli())" run --local "$ds" --save-results $bopts > "$out/run.log" 2>&1
 echo "flashinfer-bench exit $?" | tee -a "$out/header.txt"
 cp -r "$ds/traces" "$out/traces" 2>/dev/null
 python scripts/bench_summary.py "$ds" > "$out/summary.md" 2>> "$out/run.log"
