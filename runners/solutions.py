@@ -47,6 +47,11 @@ def _api(path):
     raise ImportError(path)
 
 
+def _tied(t, dim):
+    """t as served: its values along dim are one value, made a stride-0 broadcast view."""
+    return t.narrow(dim, 0, 1).expand(t.shape)
+
+
 def _as_shape(t, shape):
     """t in shape when the element counts agree (a flattened view), else t as it is."""
     return t.reshape(shape) if t.numel() == math.prod(shape) else t
@@ -140,6 +145,13 @@ class CallCode:
         dims = [self.formula(x, what) for x in items]
         return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
+    def tied(self, name: str) -> List[int]:
+        """The dimensions along which the spec's verify block ties an input (the served tensor is a
+        stride-0 broadcast there, and kernels such as Mamba's selective state update require it)."""
+        b = (self.vb.get("inputs") or {}).get(name)
+        tie = b.get("tie") if isinstance(b, dict) else None
+        return [int(d) for d in tie] if isinstance(tie, list) else []
+
     # -- index arrays ------------------------------------------------------------------------
     def layout(self, name: str, what: str) -> str:
         """A sequence-layout array (runners/verify_inputs.sequence_layout) as a variable of run()."""
@@ -228,6 +240,14 @@ class CallCode:
             t = self.inputs[name]
             if t.get("shape") is None:
                 return v
+            if recipe and "dtype" in spec and spec["dtype"] != t.get("dtype") and "shape" in spec \
+                    and spec["shape"] != t.get("shape"):
+                # e.g. FP4 weights the definition gives dequantised, traced as packed uint8: a stand-in
+                # with the right shape for tracing, not data a kernel can compute with
+                raise NoCall(f"{what}: the trace: recipe passes '{name}' repacked as {spec['dtype']} of another "
+                             f"shape (a tracing stand-in); the spec's verify.kernel gives no runnable call")
+            for d in self.tied(name):
+                v = f"_tied({v}, {d})"
             if "dtype" in spec and spec["dtype"] != t.get("dtype"):
                 v = f"{v}.to({self.dtype(spec['dtype'])})"
             if spec.get("column_major"):
