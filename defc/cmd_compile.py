@@ -205,6 +205,10 @@ def run(args) -> int:
             print(f"defc: note: {x}", file=sys.stderr)
     if args.workloads and args.dry_run:
         raise DefcError("--workloads writes files: not with --dry-run", field="--workloads")
+    if args.workloads:                   # a bad --scenarios is an error before anything is written
+        from defc.output import comma_list
+        from defc.runners import workloads as W
+        W.scenarios(W.config(), comma_list(args.scenarios))
     if args.strict and found:
         for slug, f in found:                           # --strict: each finding is an error; nothing written
             print(f"defc: error: {slug}: {f.line()}", file=sys.stderr)

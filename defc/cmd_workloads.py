@@ -78,6 +78,8 @@ def run(args) -> int:
     from defc.compiler.serving import parse_int_list
     from defc.output import comma_list
     from defc.runners import workloads as W
+    W.read_definitions(args.dataset)        # a folder with no compiled dataset: said before compiling the model
+    W.scenarios(W.config(), comma_list(args.scenarios))
     inst = W.instances_for(args.model, parse_int_list(args.tp, "--tp"), parse_int_list(args.ep, "--ep"),
                            comma_list(args.quantization), parse_int_list(args.dp, "--dp"))
     write(args, args.dataset, inst)
