@@ -510,6 +510,38 @@ def _write_backup(path: str, data: bytes) -> str:
     raise AssertionError("unreachable")
 
 
+def write_side_file(path: str, data: bytes, force: bool = False) -> str:
+    """Write a dataset file that is not a definition (a workload file, a blob, a solution) unless a
+    different one is there: 'new', 'unchanged', 'collision' (left as it is) or, with force,
+    'replaced' (the old content kept as a backup, .bak, .bak.1, …).  Call it under the dataset lock."""
+    try:
+        with open(path, "rb") as fh:
+            old = fh.read()
+    except FileNotFoundError:
+        ensure_folder(os.path.dirname(os.path.abspath(path)))
+        atomic_write_bytes(path, data)
+        return "new"
+    if old == data:
+        return "unchanged"
+    if not force:
+        return "collision"
+    _write_backup(path, old)
+    atomic_write_bytes(path, data)
+    return "replaced"
+
+
+def write_superset(path: str, data: bytes) -> None:
+    """Write data over a file whose whole content it already holds (workload lines added to a
+    workload file), atomically; nothing when the file is equal.  Call it under the dataset lock."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read() == data:
+                return
+    except FileNotFoundError:
+        ensure_folder(os.path.dirname(os.path.abspath(path)))
+    atomic_write_bytes(path, data)
+
+
 def apply_many(planned: Sequence[Planned]) -> None:
     """Carry out planned writes (new, merged or replaced), atomically, in batches; the backups of
     a replaced file are written (and synced) before the file is replaced, each under a new name."""

@@ -230,10 +230,11 @@ def run(args) -> int:
             files = {p.path for r in results for p in r.planned if p.status in WRITES}
             verb = "would write" if args.dry_run else "wrote"
             print(f"{len(results)} models: {verb} {len(files)} files into {opts.out}")
+    wrote_benchmark = 0
     if args.workloads:
         from defc.cmd_workloads import write
         from defc.runners.solutions import instances_of
-        write(args, opts.out, instances_of(results))
+        wrote_benchmark = write(args, opts.out, instances_of(results))
     if args.explain:
         _explain(results, opts)
     _print_findings(found, v)
@@ -246,7 +247,7 @@ def run(args) -> int:
         print(f"defc: {collisions} collision(s): existing files differ and were left as they are "
               f"(use --force to replace, keeping .bak)", file=sys.stderr)
         return 1
-    return 1 if gaps else 0
+    return 1 if gaps or wrote_benchmark else 0
 
 
 def _print_kept_references(results) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 
@@ -24,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--ep", help="EP sizes, comma list (as given to defc compile)")
     p.add_argument("--dp", help="DP sizes, comma list (as given to defc compile)")
     p.add_argument("--quantization", help="quantization key (as given to defc compile)")
+    p.add_argument("--force", action="store_true",
+                   help="replace workload, blob and solution files that differ from defc's (the old file is kept as .bak)")
     add_options(p)
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=run)
@@ -37,26 +40,35 @@ def add_options(p) -> None:
     p.add_argument("--no-solutions", action="store_true", help="write no baseline solutions")
 
 
-def write(args, dataset: str, instances) -> None:
-    """Write the workloads and solutions and print what was done (table or JSON)."""
+def write(args, dataset: str, instances) -> int:
+    """Write the workloads and solutions and print what was done (table or JSON); the exit code
+    (1 when a file was left as it was because it differs)."""
     from defc.output import comma_list
     from defc.runners import solutions as S
     names = comma_list(args.definitions)
     rep, written, missing = S.write_benchmark_files(dataset, instances, comma_list(args.scenarios), args.seed, names,
-                                                    solutions=not args.no_solutions)
+                                                    solutions=not args.no_solutions, force=args.force)
+    code = 1 if rep.collisions else 0
+    for path in rep.collisions:
+        print(f"defc: collision: {os.path.join(dataset, path)}: differs from what defc writes; left as it is",
+              file=sys.stderr)
+    if rep.collisions:
+        print(f"defc: {len(rep.collisions)} collision(s): existing workload, blob or solution files differ and were "
+              f"left as they are (use --force to replace, keeping .bak)", file=sys.stderr)
     if getattr(args, "format", "table") == "json" and args.command != "workloads":
-        return                      # defc compile --format json: its own JSON stays the only output
+        return code                 # defc compile --format json: its own JSON stays the only output
     if getattr(args, "format", "table") == "json":
         json.dump({"written": [dict(zip(("definition", "scenario", "uuid"), w)) for w in rep.written],
                    "skipped": [dict(zip(("definition", "scenario", "why"), w)) for w in rep.skipped],
                    "not_applicable": [dict(zip(("definition", "scenario", "why"), w)) for w in rep.not_applicable],
                    "solutions": written,
-                   "no_flashinfer_solution": [dict(zip(("definition", "why"), m)) for m in missing]},
+                   "no_flashinfer_solution": [dict(zip(("definition", "why"), m)) for m in missing],
+                   "collisions": rep.collisions},
                   sys.stdout, indent=2)
         sys.stdout.write("\n")
-        return
+        return code
     if getattr(args, "quiet", False):
-        return
+        return code
     skipped = {}
     for d, sc, why in rep.skipped:
         skipped.setdefault(d, []).append((sc, why))
@@ -72,6 +84,7 @@ def write(args, dataset: str, instances) -> None:
           f"{len(rep.not_applicable)} scenario(s) not applicable; {len(written)} baseline solution(s) "
           f"({fi} calling FlashInfer, {len(missing)} definition(s) without one{'' if getattr(args, 'verbose', 0) else ': -v lists why'}) "
           f"in {dataset}")
+    return code
 
 
 def run(args) -> int:
@@ -82,5 +95,4 @@ def run(args) -> int:
     W.scenarios(W.config(), comma_list(args.scenarios))
     inst = W.instances_for(args.model, parse_int_list(args.tp, "--tp"), parse_int_list(args.ep, "--ep"),
                            comma_list(args.quantization), parse_int_list(args.dp, "--dp"))
-    write(args, args.dataset, inst)
-    return 0
+    return write(args, args.dataset, inst)

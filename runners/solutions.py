@@ -24,7 +24,7 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from defc.compiler import formula as F
-from defc.compiler.write import atomic_write_text
+from defc.compiler.write import DatasetLock, write_side_file
 
 # the generated module's preamble: FlashInfer's API is looked up by its dotted name
 PREAMBLE = '''import importlib
@@ -453,8 +453,11 @@ def flashinfer_solutions(defn: Dict[str, Any], inst) -> Tuple[List[Tuple[str, Di
 
 
 def write_solutions(dataset: str, definitions: Sequence[Tuple[str, Dict[str, Any]]], instances: Dict[str, Any],
-                    names: Optional[Sequence[str]] = None) -> Tuple[List[str], List[Tuple[str, str]]]:
-    """Write the baseline solutions: ([paths written, relative], [(definition, why no FlashInfer solution)])."""
+                    names: Optional[Sequence[str]] = None, force: bool = False,
+                    collisions: Optional[List[str]] = None) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """Write the baseline solutions (under the dataset lock): ([paths written or already there,
+    relative], [(definition, why no FlashInfer solution)]).  A different file under a solution's
+    name is left as it is and added to ``collisions``, unless force (the old one kept as .bak)."""
     written, missing = [], []
     for op, defn in definitions:
         name = defn["name"]
@@ -472,9 +475,11 @@ def write_solutions(dataset: str, definitions: Sequence[Tuple[str, Dict[str, Any
             missing += [(name, w) for w in why]
         for stem, sol in sols:
             rel = os.path.join("solutions", "baseline", op, name, f"{stem}.json")
-            path = os.path.join(dataset, rel)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            atomic_write_text(path, json.dumps(sol, indent=2) + "\n")
+            data = (json.dumps(sol, indent=2) + "\n").encode("utf-8")
+            if write_side_file(os.path.join(dataset, rel), data, force) == "collision":
+                if collisions is not None:
+                    collisions.append(rel)
+                continue
             written.append(rel)
     return written, missing
 
@@ -492,12 +497,15 @@ def instances_of(results) -> Dict[str, Any]:
 
 def write_benchmark_files(dataset: str, instances: Dict[str, Any], sets: Optional[Sequence[str]] = None,
                           seed: Optional[int] = None, names: Optional[Sequence[str]] = None,
-                          solutions: bool = True):
+                          solutions: bool = True, force: bool = False):
     """Workloads (runners/workloads.py) and baseline solutions for a compiled dataset: the files
-    flashinfer-bench needs besides the definitions.  Returns the workloads' report, the solution
-    paths written and [(definition, why it has no FlashInfer solution)]."""
+    flashinfer-bench needs besides the definitions, written under the dataset lock (a compile or
+    another workloads run into the same folder waits its turn).  Returns the workloads' report
+    (its ``collisions`` include the solutions'), the solution paths and [(definition, why it has
+    no FlashInfer solution)]."""
     from . import workloads as W
-    rep = W.write_workloads(dataset, instances, sets, seed, names)
-    written, missing = (write_solutions(dataset, W.read_definitions(dataset), instances, names)
-                        if solutions else ([], []))
+    with DatasetLock(dataset):
+        rep = W.write_workloads(dataset, instances, sets, seed, names, force)
+        written, missing = (write_solutions(dataset, W.read_definitions(dataset), instances, names, force,
+                                            rep.collisions) if solutions else ([], []))
     return rep, written, missing

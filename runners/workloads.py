@@ -256,6 +256,7 @@ class Report:
     written: List[Tuple[str, str, str]] = field(default_factory=list)      # (definition, scenario, uuid)
     skipped: List[Tuple[str, str, str]] = field(default_factory=list)      # (definition, scenario, why)
     not_applicable: List[Tuple[str, str, str]] = field(default_factory=list)
+    collisions: List[str] = field(default_factory=list)                    # paths left as they were
 
 
 def read_definitions(dataset: str) -> List[Tuple[str, Dict[str, Any]]]:
@@ -281,10 +282,43 @@ def instances_for(model: str, tp=None, ep=None, quantization=None, dp=None) -> D
     return {p.doc["name"]: r.instances[p.doc["name"]][0] for p in r.planned}
 
 
+def merged_lines(path: str, lines: List[Dict[str, Any]], force: bool) -> Tuple[Optional[str], bool]:
+    """(text, lost): a workload file's text with these lines added to those it has (by uuid: a
+    user's or another scenario set's workloads stay), or None when it holds a different workload
+    under one of these uuids or is not a workload file; with force these lines win instead, and
+    ``lost`` says old content was dropped (the caller keeps a backup)."""
+    lost = False
+    try:
+        with open(path, encoding="utf-8") as fh:
+            old = [json.loads(x) for x in fh.read().splitlines() if x.strip()]
+        if not all(isinstance(x, dict) and isinstance(x.get("workload"), dict) for x in old):
+            raise ValueError("not workload lines")
+    except FileNotFoundError:
+        old = []
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        if not force:
+            return None, False
+        old, lost = [], True
+    index = {x["workload"].get("uuid"): i for i, x in enumerate(old)}
+    for ln in lines:
+        i = index.get(ln["workload"]["uuid"])
+        if i is None:
+            index[ln["workload"]["uuid"]] = len(old)
+            old.append(ln)
+        elif old[i] != ln:
+            if not force:
+                return None, False
+            old[i], lost = ln, True
+    return "".join(json.dumps(x) + "\n" for x in old), lost
+
+
 def write_workloads(dataset: str, instances: Dict[str, Any], sets: Optional[Sequence[str]] = None,
-                    seed: Optional[int] = None, names: Optional[Sequence[str]] = None) -> Report:
+                    seed: Optional[int] = None, names: Optional[Sequence[str]] = None, force: bool = False) -> Report:
+    """Write the workloads (call under the dataset lock): new blobs and lines are added, what is
+    there already and equal is left, a different file or line under defc's name is a collision
+    (left as it is, reported) unless force (the old file kept as .bak)."""
     from safetensors.torch import save as st_bytes
-    from defc.compiler.write import atomic_write_bytes, atomic_write_text
+    from defc.compiler.write import write_side_file, write_superset
     cfg = config()
     seed = int(cfg.get("seed", 0) if seed is None else seed)
     scs = scenarios(cfg, sets)
@@ -315,19 +349,24 @@ def write_workloads(dataset: str, instances: Dict[str, Any], sets: Optional[Sequ
                 uid = workload_uuid(name, sc["name"], seed)
                 if b.tensors:
                     rel = f"blob/workloads/{op}/{name}/{uid}.safetensors"
-                    path = os.path.join(dataset, rel)
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                    atomic_write_bytes(path, st_bytes(b.tensors))   # no metadata: its order in the header is not stable
+                    # no metadata: its order in the header is not stable
+                    if write_side_file(os.path.join(dataset, rel), st_bytes(b.tensors), force) == "collision":
+                        rep.collisions.append(rel)
+                        continue
                     for k in b.tensors:
                         b.inputs[k] = {"type": "safetensors", "path": rel, "tensor_key": k}
                 lines.append({"definition": name,
                               "workload": {"uuid": uid, "axes": b.axes, "inputs": b.inputs},
                               "solution": None, "evaluation": None})
                 rep.written.append((name, sc["name"], uid))
-        path = os.path.join(dataset, "workloads", op, f"{name}.jsonl")
         if lines:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            atomic_write_text(path, "".join(json.dumps(ln) + "\n" for ln in lines))
-        elif os.path.exists(path):
-            os.remove(path)
+            rel = os.path.join("workloads", op, f"{name}.jsonl")
+            path = os.path.join(dataset, rel)
+            text, lost = merged_lines(path, lines, force)
+            if text is None:
+                rep.collisions.append(rel)
+            elif lost:                   # --force over a different file or line: the old file kept as .bak
+                write_side_file(path, text.encode("utf-8"), force=True)
+            else:                        # what was there is all still in it: no backup needed
+                write_superset(path, text.encode("utf-8"))
     return rep

@@ -262,3 +262,65 @@ def test_tied_mamba_parameters_reach_the_kernel_as_broadcast_views():
         assert all(t.stride(d) == 0 for d in dims), (name, t.stride())
         assert torch.equal(t, full[name])                    # the same values
     assert args["x"].is_contiguous() and args["x"].stride(-1) == 1
+
+
+def _cli(root, *args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "defc.cli", *args], cwd=root, capture_output=True, text=True)
+
+
+def test_workload_and_solution_files_are_never_overwritten_silently(tmp_path):
+    import json
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = str(tmp_path / "ds")
+    r = _cli(root, "compile", "rmsnorm", "--model", "llama-3.1-8b", "--out", out, "--workloads", "--scenarios", "smoke")
+    assert r.returncode == 0, r.stderr
+    wl = os.path.join(out, "workloads", "rmsnorm", "rmsnorm_h4096.jsonl")
+    sol = os.path.join(out, "solutions", "baseline", "rmsnorm", "rmsnorm_h4096", "flashinfer.json")
+    smoke = [json.loads(x) for x in open(wl)]
+    assert len(smoke) == 2                                   # the two smoke points
+    # another scenario set adds its lines; the smoke ones stay
+    r = _cli(root, "workloads", out, "--model", "llama-3.1-8b", "--scenarios", "decode", "--definitions", "rmsnorm_h4096")
+    assert r.returncode == 0, r.stderr
+    both = [json.loads(x) for x in open(wl)]
+    assert both[:2] == smoke and len(both) == 2 + 4
+    # a user's own workload and an edited defc workload; a hand-edited solution
+    mine = json.loads(json.dumps(both[2]))
+    mine["workload"]["uuid"] = "my-own-workload"
+    both[0]["workload"]["axes"]["batch_size"] = 999
+    edited = "".join(json.dumps(x) + "\n" for x in both + [mine])
+    open(wl, "w").write(edited)
+    open(sol, "w").write('{"edited": true}\n')
+    r = _cli(root, "workloads", out, "--model", "llama-3.1-8b", "--scenarios", "smoke,decode", "--definitions", "rmsnorm_h4096")
+    assert r.returncode == 1
+    assert f"defc: collision: {wl}: differs from what defc writes; left as it is" in r.stderr
+    assert f"defc: collision: {sol}: differs from what defc writes; left as it is" in r.stderr
+    assert open(wl).read() == edited and open(sol).read() == '{"edited": true}\n'
+    # --force: defc's workload line and solution back, the user's own line kept, the old files as .bak
+    r = _cli(root, "workloads", out, "--model", "llama-3.1-8b", "--scenarios", "smoke,decode", "--definitions",
+             "rmsnorm_h4096", "--force")
+    assert r.returncode == 0, r.stderr
+    now = [json.loads(x) for x in open(wl)]
+    assert now[0] == smoke[0] and now[-1] == mine and len(now) == 7
+    assert open(wl + ".bak").read() == edited and open(sol + ".bak").read() == '{"edited": true}\n'
+    assert json.load(open(sol))["name"] == "rmsnorm_h4096__baseline_flashinfer"
+
+
+def test_two_workload_runs_at_once_lose_no_line(tmp_path):
+    # both take the dataset lock in turn: the file ends with both scenario sets' lines, in either order
+    import json
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = str(tmp_path / "ds")
+    assert _cli(root, "compile", "rmsnorm", "--model", "llama-3.1-8b", "--out", out, "-q").returncode == 0
+    cmds = [[sys.executable, "-m", "defc.cli", "workloads", out, "--model", "llama-3.1-8b", "--scenarios", s, "-q"]
+            for s in ("smoke", "decode")]
+    procs = [subprocess.Popen(c, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    for name in ("rmsnorm_h4096", "fused_add_rmsnorm_h4096"):
+        lines = [json.loads(x) for x in open(os.path.join(out, "workloads", "rmsnorm", f"{name}.jsonl"))]
+        assert len(lines) == 2 + 4 and len({x["workload"]["uuid"] for x in lines}) == 6, name
